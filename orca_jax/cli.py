@@ -1,0 +1,45 @@
+"""`orca-jax <command> ...`: a thin door. Each command lives in the module that does the work.
+
+Commands are imported lazily so that, e.g., `orca-jax train` never imports TensorFlow or the
+teacher client, and a missing optional dependency only breaks the command that needs it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# command -> (module, one-line help). Each module exposes `main(argv: list[str]) -> int | None`.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "train": ("orca_jax.train.main", "run the staged training job of a config (the demo by default)"),
+    "prepare-data": ("orca_jax.data.prepare", "turn OpenOrca-style parquet/JSONL into TFDS shards"),
+    "make-demo-data": ("orca_jax.data.demo", "write the synthetic two-teacher demo dataset"),
+    "convert-weights": ("orca_jax.model.convert", "import/export LLaMA weights (HF safetensors, Meta .pth)"),
+    "construct": ("orca_jax.data.construct.cli", "sample FLAN-v2 queries and ask a teacher model"),
+    "evaluate": ("orca_jax.eval.main", "exact-match evaluation of a checkpoint"),
+}
+
+
+def _usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = ["usage: orca-jax <command> [args...]", "", "commands:"]
+    lines += [f"  {name:<{width}}  {help_}" for name, (_, help_) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        print(f"orca-jax: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[command][0])
+    result = module.main(rest)
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,106 @@
+"""The device mesh and the one table that maps logical axis names to mesh axes.
+
+Model code names every parameter and activation axis logically ('embed', 'heads', ...); only this
+module knows how those names land on the physical mesh ('data', 'fsdp', 'tensor'). Changing a
+parallelism strategy means editing LOGICAL_AXIS_RULES, never the model.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import jax
+import numpy as np
+from flax import linen as nn
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+# Order matters: flax assigns each mesh axis at most once per array, trying rules top to bottom.
+# So on activations [batch, length, embed], 'batch' takes data+fsdp first and 'embed' falls back
+# to replicated, while on parameters (no batch axis) 'embed' is FSDP-sharded.
+LOGICAL_AXIS_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
+    ("batch", ("data", "fsdp")),
+    ("length", None),
+    ("vocab", "tensor"),
+    ("heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("mlp", "tensor"),
+    ("embed", "fsdp"),
+    ("embed", None),
+    ("head_dim", None),
+    ("norm", None),
+    ("layers", None),
+)
+
+
+class MeshShapeError(ValueError):
+    """The requested mesh does not fit the devices, or a shape does not divide the mesh."""
+
+
+def resolve_mesh_shape(data: int, fsdp: int, tensor: int, device_count: int) -> tuple[int, int, int]:
+    """Fill the single -1 entry so the product equals device_count; error clearly otherwise."""
+    shape = [data, fsdp, tensor]
+    unknown = [i for i, size in enumerate(shape) if size == -1]
+    if len(unknown) > 1:
+        raise MeshShapeError(f"mesh {tuple(shape)}: at most one axis may be -1")
+    if any(size == 0 or size < -1 for size in shape):
+        raise MeshShapeError(f"mesh {tuple(shape)}: sizes must be positive or -1")
+    known = math.prod(size for size in shape if size != -1)
+    if unknown:
+        if device_count % known:
+            raise MeshShapeError(
+                f"mesh {dict(zip(MESH_AXES, shape))}: {device_count} devices are not divisible by {known}")
+        shape[unknown[0]] = device_count // known
+    if math.prod(shape) != device_count:
+        raise MeshShapeError(
+            f"mesh {dict(zip(MESH_AXES, shape))} needs {math.prod(shape)} devices, have {device_count}")
+    return tuple(shape)
+
+
+def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1,
+              devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A ('data', 'fsdp', 'tensor') mesh over `devices` (default: all), -1 meaning 'the rest'."""
+    devices = list(jax.devices() if devices is None else devices)
+    shape = resolve_mesh_shape(data, fsdp, tensor, len(devices))
+    if len(devices) == len(jax.devices()):
+        # Let JAX order devices for the physical topology (matters on TPU pods).
+        return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
+    return Mesh(np.asarray(devices).reshape(shape), MESH_AXES, axis_types=(AxisType.Auto,) * 3)
+
+
+def mesh_from_config(mesh_config, devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """Build the mesh named by a config's `mesh` block (fields data, fsdp, tensor)."""
+    return make_mesh(mesh_config.data, mesh_config.fsdp, mesh_config.tensor, devices=devices)
+
+
+def logical_to_spec(logical_axes: Sequence[str | None]) -> PartitionSpec:
+    return nn.logical_to_mesh_axes(tuple(logical_axes), LOGICAL_AXIS_RULES)
+
+
+def logical_sharding(mesh: Mesh, logical_axes: Sequence[str | None]) -> NamedSharding:
+    return NamedSharding(mesh, logical_to_spec(logical_axes))
+
+
+def param_shardings(mesh: Mesh, boxed_tree):
+    """NamedShardings for a tree of nn.LogicallyPartitioned leaves (e.g. from jax.eval_shape(init))."""
+    specs = nn.get_partition_spec(boxed_tree)
+    specs = nn.logical_to_mesh(specs, LOGICAL_AXIS_RULES)
+    return jax.tree.map(lambda spec: NamedSharding(mesh, spec), specs,
+                        is_leaf=lambda x: isinstance(x, PartitionSpec))
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Sharding of a [batch, length] input array: rows split over data and fsdp."""
+    return logical_sharding(mesh, ("batch", "length"))
+
+
+def check_divisible(name: str, size: int, mesh: Mesh, mesh_axes: str | tuple[str, ...] | None) -> None:
+    """Raise MeshShapeError naming the dimension when `size` does not divide over `mesh_axes`."""
+    if mesh_axes is None:
+        return
+    axes = (mesh_axes,) if isinstance(mesh_axes, str) else mesh_axes
+    parts = math.prod(mesh.shape[a] for a in axes)
+    if size % parts:
+        raise MeshShapeError(f"{name}={size} is not divisible by mesh axes {axes} of total size {parts}")
