@@ -1,0 +1,36 @@
+"""Reading JSON Lines (optionally gzipped) one object at a time, with errors that name file and line."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import pathlib
+from collections.abc import Iterator
+
+
+class RecordFormatError(ValueError):
+    """Input that cannot be used; the message names the file, the row and the field."""
+
+
+def read_objects(path: pathlib.Path) -> Iterator[tuple[int, dict]]:
+    """Yield (line number, object) for each non-blank line."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as lines:
+        for line_number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise RecordFormatError(f"{path}: line {line_number}: not JSON ({err.msg})") from None
+            if not isinstance(row, dict):
+                raise RecordFormatError(f"{path}: line {line_number}: a JSON object was expected")
+            yield line_number, row
+
+
+def require_strings(path: pathlib.Path, line_number: int, row: dict, fields) -> None:
+    for field in fields:
+        value = row.get(field)
+        if not isinstance(value, str):
+            found = "missing" if value is None else f"a {type(value).__name__}"
+            raise RecordFormatError(f"{path}: line {line_number}: field {field!r} is {found}, not a string")

@@ -1,0 +1,145 @@
+"""A minimal OpenAI-compatible chat-completions server on loopback, for the teacher-client tests.
+
+It answers `POST /v1/chat/completions` with a reply computed from the user turn (`reply_for`), so a
+test can tell whether each answer belongs to its question. Faults are planned per question: the
+first attempts of a question get the faults listed for it, later attempts succeed. Faults:
+
+    "429"        Too Many Requests with Retry-After: 0
+    "500"        an internal error whose body echoes the request's Authorization header, as a
+                 careless proxy might (the client must scrub the key from what it records)
+    "slow"       the reply comes after `slow_s` seconds (longer than the client's timeout)
+    "malformed"  200 with a truncated JSON body
+    "drop"       the connection is closed without any reply
+"""
+
+from __future__ import annotations
+
+import collections
+import http.server
+import json
+import socket
+import threading
+import time
+from collections.abc import Mapping, Sequence
+
+FAULTS = ("429", "500", "slow", "malformed", "drop")
+
+
+def reply_for(question: str) -> str:
+    return f"Let us think step by step about: {question}"
+
+
+class TeacherServer:
+    """Start with `with TeacherServer(...) as server:`; `server.base_url` is the API root."""
+
+    def __init__(
+        self,
+        api_key: str,
+        plan: Mapping[str, Sequence[str]] | None = None,
+        reply_delay_s: float = 0.0,
+        slow_s: float = 1.0,
+    ):
+        plan = plan or {}
+        unknown = {fault for faults in plan.values() for fault in faults} - set(FAULTS)
+        if unknown:
+            raise ValueError(f"unknown faults {unknown}; known: {FAULTS}")
+        self.api_key = api_key
+        self.plan = {question: list(faults) for question, faults in plan.items()}
+        self.reply_delay_s = reply_delay_s
+        self.slow_s = slow_s
+        self.lock = threading.Lock()
+        self.requests = collections.Counter()  # per question, every attempt
+        self.answers = collections.Counter()  # per question, 200 replies with a well-formed body
+        self.faults_served = collections.Counter()
+        self._httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
+        self._httpd.daemon_threads = True
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        host, port = self._httpd.server_address[:2]
+        return f"http://{host}:{port}/v1"
+
+    def __enter__(self) -> "TeacherServer":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+    def next_fault(self, question: str) -> str | None:
+        with self.lock:
+            attempt = self.requests[question]
+            self.requests[question] += 1
+            faults = self.plan.get(question, ())
+            fault = faults[attempt] if attempt < len(faults) else None
+            if fault:
+                self.faults_served[fault] += 1
+            return fault
+
+    def count_answer(self, question: str) -> None:
+        with self.lock:
+            self.answers[question] += 1
+
+
+def _handler_for(server: TeacherServer):
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive, so the client's connection reuse is exercised
+
+        def log_message(self, *args) -> None:
+            pass
+
+        def _send_json(self, status: int, payload, headers: Mapping[str, str] | None = None) -> None:
+            body = payload if isinstance(payload, bytes) else json.dumps(payload).encode("utf-8")
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            authorization = self.headers.get("Authorization", "")
+            if self.path != "/v1/chat/completions":
+                return self._send_json(404, {"error": {"message": f"no route {self.path}"}})
+            if authorization != f"Bearer {server.api_key}":
+                return self._send_json(401, {"error": {"message": "invalid api key"}})
+            try:
+                request = json.loads(body)
+                messages = request["messages"]
+                question = messages[-1]["content"]
+                request["model"]
+            except (ValueError, KeyError, IndexError, TypeError):
+                return self._send_json(400, {"error": {"message": "bad request"}})
+            fault = server.next_fault(question)
+            try:
+                self._reply(fault, authorization, messages, question)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the client gave up on a slow reply
+
+        def _reply(self, fault, authorization, messages, question) -> None:
+            if fault == "429":
+                return self._send_json(429, {"error": {"message": "rate limited"}}, {"Retry-After": "0"})
+            if fault == "500":
+                return self._send_json(500, {"error": {"message": f"upstream failed ({authorization})"}})
+            if fault == "malformed":
+                return self._send_json(200, b'{"choices": [{"message": {"content": "trunc')
+            if fault == "drop":
+                self.close_connection = True
+                self.connection.shutdown(socket.SHUT_RDWR)
+                return
+            time.sleep(server.slow_s if fault == "slow" else server.reply_delay_s)
+            text = reply_for(question)
+            prompt_chars = sum(len(message["content"]) for message in messages)
+            self._send_json(200, {
+                "object": "chat.completion",
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": prompt_chars // 4, "completion_tokens": len(text) // 4},
+            })
+            if fault != "slow":
+                server.count_answer(question)
+
+    return Handler
