@@ -168,6 +168,9 @@ class ChatClient:
         if not isinstance(text, str):
             # No content at all (e.g. a content filter): asking again gives the same.
             raise TeacherError(f"reply without content (finish_reason={finish_reason})", retryable=False)
+        if not text.strip():
+            # The data builder rejects empty responses; at temperature > 0 another try usually says something.
+            raise TeacherError(f"empty reply (finish_reason={finish_reason})", retryable=True)
         usage = reply.get("usage") or {}
         return Answer(
             text=text,
