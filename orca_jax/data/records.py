@@ -139,7 +139,9 @@ def read_jsonl(path: str | pathlib.Path, column_map: Mapping[str, str] | None = 
 
 def read_files(paths: Sequence[str | pathlib.Path],
                column_map: Mapping[str, str] | None = None) -> Iterator[SourceRow]:
-    """Rows of each file in turn; `.parquet` files by pyarrow, anything else as JSONL(.gz)."""
+    """Rows of each file in turn; `.parquet` files by pyarrow, anything else as JSONL(.gz). A bad column
+    map or a missing file fails before any row is read."""
+    _source_columns(column_map)
     for path in paths:
         if not pathlib.Path(path).is_file():
             raise DataError(f"input file {path} does not exist")
@@ -257,7 +259,7 @@ def _text_of(location: str, field: str, value: Any) -> str:
         except UnicodeDecodeError as err:
             raise BadRowError(location, field, INVALID_UTF8, f"not valid UTF-8 ({err.reason} at byte {err.start})")
     if not isinstance(value, str):
-        raise BadRowError(location, field, NOT_STRING, f"a {type(value).__name__} ({value!r:.40}), not a string")
+        raise BadRowError(location, field, NOT_STRING, f"{type(value).__name__} value {value!r:.40}, not a string")
     try:
         value.encode("utf-8")
     except UnicodeEncodeError as err:
