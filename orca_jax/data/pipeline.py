@@ -1,0 +1,269 @@
+"""The input pipeline: records -> shuffled per-process stream -> packed rows -> global jax.Array batches.
+
+Layers, each deterministic given (seed, process_index, process_count):
+  1. grain MapDataset over the random-access source, shuffled with a fresh permutation every epoch
+     (grain derives it from seed and epoch) and repeated `num_epochs` times (None: forever).
+  2. Process p of P reads stream positions p, p+P, p+2P, ...: one global order split round-robin, so
+     every example is read exactly once per epoch by exactly one process.
+  3. Consecutive `pack_window` records of the process's stream form a window, tokenized and packed by
+     best-fit decreasing (packing.py). Windows are a grain MapDataset too, prefetched in threads
+     (sentencepiece and NumPy work outside the GIL).
+  4. ProcessBatches cuts the rows into local batches; TrainBatches turns them into global arrays with
+     `jax.make_array_from_process_local_data(parallel.batch_sharding(mesh), ...)`.
+
+Resuming: a window is a pure function of its index, so the state is just "which window, how many of
+its rows are consumed" (a small JSON dict). It is per process: every process saves and restores its own.
+
+With finite epochs, processes may run out at different steps because packing is data dependent. The
+processes agree (one tiny all-gather per step) to go on while any has data; the ones that ran out feed
+all-padding rows, whose loss weights are zero, so no example is lost or repeated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import grain
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh
+
+from orca_jax import parallel
+from orca_jax.data.packing import ROW_FIELDS, OverflowPolicy, PackedWindow, pack_examples
+from orca_jax.data.templates import Template, encode_examples, get_template
+from orca_jax.data.tokenizer import Tokenizer
+
+
+class RecordSource(Protocol):
+    """What `shards.open_split` returns, or any list of records: random access by index."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int) -> dict[str, str]: ...
+
+
+ExampleKey = tuple[int, str]  # (epoch, record id): identifies one reading of one example.
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchStats:
+    """What this process put into one local batch."""
+
+    epoch: int              # epoch of the latest example in the batch
+    num_examples: int       # examples (segments) in the batch
+    num_tokens: int         # non-padding slots
+    efficiency: float       # num_tokens / all slots, all-padding rows included
+    num_dropped: int        # over-long examples dropped in the windows first opened for this batch
+    num_truncated: int      # over-long examples truncated in those windows
+
+
+@dataclasses.dataclass(frozen=True)
+class LocalBatch:
+    """[local_batch, seq_len] arrays (packing.ROW_FIELDS), plus which examples each row holds."""
+
+    arrays: dict[str, np.ndarray]
+    row_examples: list[list[ExampleKey]]
+    stats: BatchStats
+
+
+@dataclasses.dataclass(frozen=True)
+class _Window:
+    packed: PackedWindow
+    example_keys: list[ExampleKey]  # per window index
+
+
+class ProcessBatches:
+    """One process's share of the data as NumPy local batches, resumable via get_state/set_state.
+
+    `process_index`/`process_count` are explicit so tests can simulate several processes in one.
+    """
+
+    def __init__(self, source: RecordSource, tokenizer: Tokenizer, template: str | Template, *,
+                 seq_len: int, local_batch_size: int, seed: int, num_epochs: int | None,
+                 process_index: int, process_count: int, shuffle: bool = True,
+                 overflow: OverflowPolicy = "truncate_response", pack_window: int = 1000,
+                 read_threads: int = 2, prefetch_windows: int = 4):
+        if not 0 <= process_index < process_count:
+            raise ValueError(f"process_index {process_index} is not in [0, {process_count})")
+        if len(source) == 0:
+            raise ValueError("the record source is empty")
+        self.seq_len = seq_len
+        self.local_batch_size = local_batch_size
+        self.pad_id = tokenizer.pad_id
+        # Everything that changes the stream; a saved state only applies to the same stream.
+        self._stream_id = {"seed": seed, "shuffle": shuffle, "num_epochs": num_epochs,
+                           "process_index": process_index, "process_count": process_count,
+                           "seq_len": seq_len, "pack_window": pack_window, "overflow": overflow,
+                           "num_records": len(source)}
+        windows = _window_dataset(source, tokenizer, get_template(template), seq_len=seq_len, seed=seed,
+                                  num_epochs=num_epochs, shuffle=shuffle, process_index=process_index,
+                                  process_count=process_count, overflow=overflow, pack_window=pack_window)
+        read_options = grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=prefetch_windows)
+        self._windows = iter(windows.to_iter_dataset(read_options))
+        self._window: _Window | None = None
+        self._window_start_state: dict[str, Any] = self._windows.get_state()
+        self._next_row = 0
+        self._exhausted = False
+        self.epoch = 0
+
+    def __iter__(self) -> ProcessBatches:
+        return self
+
+    def __next__(self) -> LocalBatch:
+        rows: list[dict[str, np.ndarray]] = []
+        row_examples: list[list[ExampleKey]] = []
+        taken = 0
+        num_dropped = num_truncated = 0
+        while taken < self.local_batch_size and not self._exhausted:
+            if self._window is None:
+                self._window_start_state = self._windows.get_state()
+                try:
+                    self._window = next(self._windows)
+                except StopIteration:
+                    self._exhausted = True
+                    break
+                self._next_row = 0
+                num_dropped += self._window.packed.num_dropped
+                num_truncated += self._window.packed.num_truncated
+            packed = self._window.packed
+            end = min(packed.num_rows, self._next_row + self.local_batch_size - taken)
+            rows.append({name: packed.rows[name][self._next_row:end] for name in ROW_FIELDS})
+            row_examples += [[self._window.example_keys[i] for i in packed.row_examples[r]]
+                             for r in range(self._next_row, end)]
+            taken += end - self._next_row
+            self._next_row = end
+            if end == packed.num_rows:
+                self._window, self._next_row = None, 0
+        if taken == 0:
+            raise StopIteration
+        rows.append(self.padding_rows(self.local_batch_size - taken))
+        arrays = {name: np.concatenate([part[name] for part in rows]) for name in ROW_FIELDS}
+        row_examples += [[] for _ in range(self.local_batch_size - taken)]
+        self.epoch = max(epoch for keys in row_examples for epoch, _ in keys)
+        num_tokens = int(np.count_nonzero(arrays["segment_ids"]))
+        stats = BatchStats(epoch=self.epoch, num_examples=sum(map(len, row_examples)),
+                           num_tokens=num_tokens, efficiency=num_tokens / arrays["segment_ids"].size,
+                           num_dropped=num_dropped, num_truncated=num_truncated)
+        return LocalBatch(arrays=arrays, row_examples=row_examples, stats=stats)
+
+    def padding_rows(self, num_rows: int) -> dict[str, np.ndarray]:
+        """`num_rows` rows of padding: no tokens, zero loss weight."""
+        shape = (num_rows, self.seq_len)
+        rows = {name: np.zeros(shape, np.float32 if name == "loss_weights" else np.int32)
+                for name in ROW_FIELDS}
+        rows["inputs"] = np.full(shape, self.pad_id, np.int32)
+        return rows
+
+    def get_state(self) -> dict[str, Any]:
+        """A JSON-serializable position in this process's stream (save it with the checkpoint)."""
+        window_state = self._windows.get_state() if self._window is None else self._window_start_state
+        return {**self._stream_id, "window_state": window_state, "rows_taken": self._next_row,
+                "epoch": self.epoch, "exhausted": self._exhausted}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Continue exactly where the process that produced `state` stopped."""
+        mismatched = {k: (state.get(k), v) for k, v in self._stream_id.items() if state.get(k) != v}
+        if mismatched:
+            raise ValueError(f"data state is from a different stream (saved, current): {mismatched}")
+        self._windows.set_state(state["window_state"])
+        self._window, self._next_row = None, 0
+        self._exhausted = state["exhausted"]
+        self.epoch = state["epoch"]
+        if state["rows_taken"]:
+            self._window_start_state = state["window_state"]
+            self._window = next(self._windows)
+            self._next_row = state["rows_taken"]
+
+
+def _window_dataset(source: RecordSource, tokenizer: Tokenizer, template: Template, *, seq_len: int,
+                    seed: int, num_epochs: int | None, shuffle: bool, process_index: int,
+                    process_count: int, overflow: OverflowPolicy, pack_window: int) -> grain.MapDataset:
+    """grain MapDataset whose element w is the packed window w of this process's stream."""
+    num_records = len(source)
+    records = grain.MapDataset.source(source)
+    if shuffle:
+        records = records.shuffle(seed=seed)
+    records = records.repeat(num_epochs)[process_index::process_count]
+
+    def pack_window_at(window_index: int, window: Sequence[dict[str, str]]) -> _Window:
+        examples = encode_examples(tokenizer, template, window)
+        packed = pack_examples(examples, seq_len, tokenizer.pad_id, overflow)
+        # Position k of this process's stream is position process_index + k * process_count of the
+        # global one, which tells the epoch.
+        local_positions = window_index * pack_window + np.arange(len(window))
+        epochs = (process_index + local_positions * process_count) // num_records
+        return _Window(packed, [(int(epoch), record["id"]) for epoch, record in zip(epochs, window)])
+
+    return records.batch(pack_window, batch_fn=list).map_with_index(pack_window_at)
+
+
+class TrainBatches:
+    """Global batches for the train loop: dicts of [global_batch_size, seq_len] jax.Arrays sharded by
+    `parallel.batch_sharding(mesh)` (docs/contracts.md), one process's rows per process.
+
+    `stats` describes this process's part of the latest batch; `epoch` is the epoch being read;
+    `get_state()`/`set_state()` are this process's position (see ProcessBatches).
+    """
+
+    def __init__(self, source: RecordSource, tokenizer: Tokenizer, template: str | Template, *,
+                 seq_len: int, global_batch_size: int, seed: int, num_epochs: int | None, mesh: Mesh,
+                 shuffle: bool = True, overflow: OverflowPolicy = "truncate_response",
+                 pack_window: int = 1000, read_threads: int = 2, prefetch_windows: int = 4):
+        self._sharding = parallel.batch_sharding(mesh)
+        parallel.check_divisible("global_batch_size", global_batch_size, mesh, self._sharding.spec[0])
+        process_count = jax.process_count()
+        if global_batch_size % process_count:
+            raise ValueError(f"global_batch_size {global_batch_size} does not split over {process_count} processes")
+        self._global_shape = (global_batch_size, seq_len)
+        self._local = ProcessBatches(
+            source, tokenizer, template, seq_len=seq_len, local_batch_size=global_batch_size // process_count,
+            seed=seed, num_epochs=num_epochs, process_index=jax.process_index(), process_count=process_count,
+            shuffle=shuffle, overflow=overflow, pack_window=pack_window, read_threads=read_threads,
+            prefetch_windows=prefetch_windows)
+        # Only a finite stream can end, and only with several processes can it end unevenly.
+        self._processes_must_agree = num_epochs is not None and process_count > 1
+        self.stats: BatchStats | None = None
+
+    @property
+    def epoch(self) -> int:
+        return self._local.epoch
+
+    def __iter__(self) -> TrainBatches:
+        return self
+
+    def __next__(self) -> dict[str, jax.Array]:
+        local = next(self._local, None)
+        if self._processes_must_agree:
+            # Every process calls this every step, so the all-gather stays in lockstep.
+            anyone_reading = bool(multihost_utils.process_allgather(np.int32(local is not None)).any())
+        else:
+            anyone_reading = local is not None
+        if not anyone_reading:
+            raise StopIteration
+        if local is None:
+            arrays = self._local.padding_rows(self._local.local_batch_size)
+            self.stats = BatchStats(epoch=self.epoch, num_examples=0, num_tokens=0, efficiency=0.0,
+                                    num_dropped=0, num_truncated=0)
+        else:
+            arrays, self.stats = local.arrays, local.stats
+        return {name: jax.make_array_from_process_local_data(self._sharding, array, self._global_shape)
+                for name, array in arrays.items()}
+
+    def get_state(self) -> dict[str, Any]:
+        return self._local.get_state()
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self._local.set_state(state)
+
+
+def validation_batches(source: RecordSource, tokenizer: Tokenizer, template: str | Template, *,
+                       seq_len: int, global_batch_size: int, mesh: Mesh,
+                       overflow: OverflowPolicy = "truncate_response", pack_window: int = 1000) -> TrainBatches:
+    """One deterministic pass in source order (no shuffle); the last batch is padded with zero-weight
+    rows, so summing weighted losses over the pass counts every example once."""
+    return TrainBatches(source, tokenizer, template, seq_len=seq_len, global_batch_size=global_batch_size,
+                        seed=0, num_epochs=1, mesh=mesh, shuffle=False, overflow=overflow,
+                        pack_window=pack_window)

@@ -1,0 +1,195 @@
+"""The input pipeline: exactly-once reading per epoch across processes, rows that are really the records
+they claim to be, exact resumption, global sharded batches, the validation pass, no TensorFlow."""
+
+import collections
+import json
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from orca_jax import parallel
+from orca_jax.data.packing import ROW_FIELDS
+from orca_jax.data.pipeline import ProcessBatches, TrainBatches, validation_batches
+from orca_jax.data.templates import encode_example, encode_prompt
+from synthetic_text import records, trained_tokenizer
+
+SEQ_LEN = 128
+NUM_RECORDS = 150
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory):
+    return trained_tokenizer(tmp_path_factory.mktemp("tok"))
+
+
+@pytest.fixture(scope="module")
+def source():
+    return records(NUM_RECORDS, seed=11, max_response_words=60)
+
+
+def process_stream(source, tokenizer, process_index=0, process_count=1, **overrides):
+    options = dict(seq_len=SEQ_LEN, local_batch_size=3, seed=7, num_epochs=2, pack_window=16,
+                   process_index=process_index, process_count=process_count)
+    return ProcessBatches(source, tokenizer, "orca", **{**options, **overrides})
+
+
+def packable(tokenizer, record):
+    """Whether truncate_response keeps the record: its prompt leaves room for a response target."""
+    return len(encode_prompt(tokenizer, "orca", record["system_prompt"], record["question"])) <= SEQ_LEN
+
+
+def read_all(batches):
+    return list(batches)
+
+
+def assert_same_stream(batches, expected):
+    assert len(batches) == len(expected)
+    for got, want in zip(batches, expected):
+        assert got.row_examples == want.row_examples
+        for name in ROW_FIELDS:
+            np.testing.assert_array_equal(got.arrays[name], want.arrays[name])
+
+
+@pytest.mark.parametrize("process_count", [1, 2, 4])
+def test_every_example_exactly_once_per_epoch(source, tokenizer, process_count):
+    readings = collections.Counter()
+    dropped = 0
+    for process_index in range(process_count):
+        for batch in process_stream(source, tokenizer, process_index, process_count, overflow="drop"):
+            readings.update(key for row in batch.row_examples for key in row)
+            dropped += batch.stats.num_dropped
+    assert max(readings.values()) == 1
+    expected = {(epoch, record["id"]) for epoch in (0, 1) for record in source}
+    assert set(readings) <= expected and len(expected - set(readings)) == dropped
+
+
+def test_rows_hold_the_records_they_name(source, tokenizer):
+    """The example keys are checked against the tokens: each segment re-encodes to its record."""
+    by_id = {record["id"]: record for record in source}
+    for process_index in range(2):
+        for batch in process_stream(source, tokenizer, process_index, 2):
+            for r, keys in enumerate(batch.row_examples):
+                segments = batch.arrays["segment_ids"][r]
+                for segment, (_, record_id) in enumerate(keys, start=1):
+                    record = by_id[record_id]
+                    tokens, mask = encode_example(tokenizer, "orca", record["system_prompt"],
+                                                  record["question"], record["response"])
+                    keep = min(len(tokens) - 1, SEQ_LEN)  # truncate_response cuts to one row
+                    here = segments == segment
+                    np.testing.assert_array_equal(batch.arrays["inputs"][r][here], tokens[:keep])
+                    np.testing.assert_array_equal(batch.arrays["targets"][r][here], tokens[1:keep + 1])
+                    np.testing.assert_array_equal(batch.arrays["loss_weights"][r][here], mask[1:keep + 1])
+
+
+def test_each_epoch_and_seed_has_its_own_order(source, tokenizer):
+    def reading_order(seed):
+        keys = [key for batch in process_stream(source, tokenizer, seed=seed, pack_window=1)
+                for row in batch.row_examples for key in row]
+        return [[i for e, i in keys if e == epoch] for epoch in (0, 1)]
+
+    first, second = reading_order(seed=7)
+    assert sorted(first) == sorted(second) and first != second
+    assert reading_order(seed=8)[0] != first
+    assert first != [record["id"] for record in source]
+
+
+@pytest.mark.parametrize("resume_after, epoch_at_resume", [(1, 0), (5, 0), (27, 1)])
+def test_resume_gives_the_identical_remaining_stream(source, tokenizer, resume_after, epoch_at_resume):
+    uninterrupted = read_all(process_stream(source, tokenizer, 1, 2))
+    interrupted = process_stream(source, tokenizer, 1, 2)
+    for _ in range(resume_after):
+        next(interrupted)
+    assert interrupted.epoch == epoch_at_resume
+    saved = json.loads(json.dumps(interrupted.get_state()))
+    resumed = process_stream(source, tokenizer, 1, 2)
+    resumed.set_state(saved)
+    assert_same_stream(read_all(resumed), uninterrupted[resume_after:])
+    assert resumed.epoch == 1
+
+
+def test_resume_crosses_an_epoch_boundary(source, tokenizer):
+    uninterrupted = read_all(process_stream(source, tokenizer))
+    boundary = next(i for i, batch in enumerate(uninterrupted) if batch.stats.epoch == 1)
+    interrupted = process_stream(source, tokenizer)
+    for _ in range(boundary):
+        next(interrupted)
+    assert interrupted.epoch == 0
+    resumed = process_stream(source, tokenizer)
+    resumed.set_state(interrupted.get_state())
+    assert_same_stream(read_all(resumed), uninterrupted[boundary:])
+
+
+def test_state_from_another_stream_is_refused(source, tokenizer):
+    state = process_stream(source, tokenizer, 0, 2).get_state()
+    with pytest.raises(ValueError, match="process_index"):
+        process_stream(source, tokenizer, 1, 2).set_state(state)
+
+
+def test_infinite_stream_keeps_counting_epochs(source, tokenizer):
+    batches = process_stream(source, tokenizer, num_epochs=None, local_batch_size=16)
+    epochs = [next(batches).stats.epoch for _ in range(30)]
+    assert epochs == sorted(epochs) and epochs[-1] >= 2
+
+
+def test_train_batches_are_sharded_global_arrays(source, tokenizer):
+    mesh = parallel.make_mesh(data=4, fsdp=2)
+    batches = TrainBatches(source, tokenizer, "chatml", seq_len=SEQ_LEN, global_batch_size=8, seed=3,
+                           num_epochs=1, mesh=mesh, pack_window=16)
+    reference = ProcessBatches(source, tokenizer, "chatml", seq_len=SEQ_LEN, local_batch_size=8, seed=3,
+                               num_epochs=1, process_index=0, process_count=1, pack_window=16)
+    count = 0
+    for batch, expected in zip(batches, reference, strict=True):
+        count += 1
+        assert set(batch) == set(ROW_FIELDS)
+        for name, array in batch.items():
+            assert isinstance(array, jax.Array) and array.shape == (8, SEQ_LEN)
+            assert array.sharding.is_equivalent_to(parallel.batch_sharding(mesh), 2)
+            np.testing.assert_array_equal(np.asarray(array), expected.arrays[name])
+        assert batches.stats == expected.stats
+    assert count > 1 and batches.epoch == 0
+    json.dumps(batches.get_state())
+
+
+def test_validation_is_one_deterministic_padded_pass(source, tokenizer):
+    rows_in_pass = len(read_all(process_stream(source, tokenizer, shuffle=False, num_epochs=1,
+                                               local_batch_size=1, pack_window=32)))
+    batch_size = next(size for size in (3, 4, 5, 7) if rows_in_pass % size)
+    mesh = parallel.make_mesh(devices=jax.devices()[:1])
+
+    def one_pass():
+        batches = validation_batches(source, tokenizer, "orca", seq_len=SEQ_LEN,
+                                     global_batch_size=batch_size, mesh=mesh, pack_window=32)
+        arrays, seen, dropped = [], 0, 0
+        for batch in batches:
+            arrays.append({name: np.asarray(array) for name, array in batch.items()})
+            seen += batches.stats.num_examples
+            dropped += batches.stats.num_dropped
+        return arrays, seen, dropped
+
+    first, seen, dropped = one_pass()
+    second, _, _ = one_pass()
+    # truncate_response drops exactly the records whose prompt alone overfills a row.
+    assert dropped == NUM_RECORDS - sum(packable(tokenizer, r) for r in source) and seen == NUM_RECORDS - dropped
+    for a, b in zip(first, second, strict=True):
+        for name in ROW_FIELDS:
+            np.testing.assert_array_equal(a[name], b[name])
+    assert len(first) == -(-rows_in_pass // batch_size)
+    last = first[-1]
+    padding_rows = ~last["segment_ids"].any(axis=1)
+    assert padding_rows.sum() == len(first) * batch_size - rows_in_pass
+    assert not last["loss_weights"][padding_rows].any()
+
+
+def test_validation_reads_in_source_order(source, tokenizer):
+    stream = process_stream(source, tokenizer, shuffle=False, num_epochs=1, pack_window=1)
+    keys = [key for batch in stream for row in batch.row_examples for key in row]
+    assert keys == [(0, record["id"]) for record in source if packable(tokenizer, record)]
+
+
+def test_pipeline_does_not_import_tensorflow():
+    code = ("import sys, orca_jax.data.pipeline, orca_jax.data.tokenizer; "
+            "sys.exit('tensorflow' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
