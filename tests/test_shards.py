@@ -17,8 +17,7 @@ def _records(count: int, start: int = 0) -> list[dict]:
 
 
 def _split_records(dataset_dir, split) -> list[dict]:
-    source = shards.open_split(dataset_dir, split)
-    return [source[i] for i in range(len(source))]
+    return list(shards.open_split(dataset_dir, split))
 
 
 def _by_id(records) -> dict:
@@ -116,3 +115,5 @@ def test_split_is_a_grain_source(tmp_path):
     dataset = grain.MapDataset.source(source)
     assert sorted(record["id"] for record in dataset) == sorted(_by_id(_records(30)))
     assert source.__getitems__([3, 1]) == [source[3], source[1]]
+    with pytest.raises(IndexError):
+        source[30]

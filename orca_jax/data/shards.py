@@ -140,6 +140,13 @@ class OrcaRecords(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         for record in records:
             yield record["id"], record
 
+    # TFDS prints these to stdout; they speak of downloads and name the temporary build directory.
+    def _log_download_bytes(self) -> None:
+        pass
+
+    def _log_download_done(self) -> None:
+        pass
+
 
 def build_dataset(records: Iterable[Record], output_dir: str | os.PathLike, *, num_shards: int,
                   validation: float | int = 0.01, seed: int = 0,
@@ -185,7 +192,13 @@ class SplitSource:
         return len(self._data_source)
 
     def __getitem__(self, index: int) -> Record:
+        # ArrayRecord raises ValueError out of range; IndexError is what makes iteration and grain stop.
+        if not 0 <= index < len(self):
+            raise IndexError(f"record {index} out of range for {self!r}")
         return _decoded(self._data_source[index])
+
+    def __iter__(self) -> Iterator[Record]:
+        return (self[index] for index in range(len(self)))
 
     def __getitems__(self, indices: Sequence[int]) -> list[Record]:
         return [_decoded(example) for example in self._data_source.__getitems__(indices)]
