@@ -12,6 +12,7 @@ import time
 import pytest
 
 from orca_jax.config import load_config
+from orca_jax.data import records
 from orca_jax.data.construct.journal import Journal
 from orca_jax.data.construct.query import run_queries
 from orca_jax.data.construct.ratelimit import RateLimiter
@@ -189,5 +190,7 @@ def test_kill9_then_restart_answers_every_id_exactly_once(tmp_path, repo_root):
         question = by_id[query_id]["question"]
         assert server.requests[question] == requests_before[question], f"{query_id} was asked again"
     assert json.loads(second.stdout)["already_done"] == len(answered_before)
+    # What prepare-data reads, unchanged: every line a valid record, no id twice.
+    assert len(list(records.validate_rows(records.read_jsonl(out), policy="error"))) == len(queries)
     for text in (first_stdout, first_stderr, second.stdout, second.stderr, out.read_text()):
         assert API_KEY not in text

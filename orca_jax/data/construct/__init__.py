@@ -7,6 +7,7 @@ system messages, and collect a teacher model's answers as OpenOrca records.
     teacher.py          the OpenAI-compatible chat-completions client (retries, backoff)
     ratelimit.py        requests- and tokens-per-minute pacing
     journal.py          crash-safe append-only JSONL
+    jsonl.py            JSON Lines reading with errors naming file and line
     query.py            the resumable teacher run
     cli.py              `orca-jax construct sample|query`
 """

@@ -106,53 +106,67 @@ def draws_per_task(spec: CollectionSpec, task_sizes: Mapping[str, int], rng: ran
     return dict(collections.Counter(rng.sample(candidates, spec.size)))
 
 
-def _task_sizes(spec: CollectionSpec, paths, columns, zero_shot_types) -> collections.Counter:
+@dataclasses.dataclass(frozen=True)
+class CollectionPlan:
+    """What the first pass decided: the queries, by position within their task, that will be kept."""
+
+    spec: CollectionSpec
+    paths: tuple[pathlib.Path, ...]
+    task_sizes: Mapping[str, int]
+    chosen: Mapping[str, frozenset[int]]
+    picker: SystemMessagePicker
+
+    def report(self) -> dict:
+        return {
+            "name": self.spec.name,
+            "tasks_available": len(self.task_sizes),
+            "queries_available": sum(self.task_sizes.values()),
+            "tasks_sampled": len(self.chosen),
+            "queries_sampled": sum(map(len, self.chosen.values())),
+            "size_requested": self.spec.size,
+        }
+
+
+def plan_collection(
+    spec: CollectionSpec, columns: flan.FlanColumns, zero_shot_types: Sequence[str], seed: int
+) -> CollectionPlan:
+    """First pass: count each task's zero-shot queries, then choose which of them to keep."""
+    picker = SystemMessagePicker(spec.name, spec.messages, spec.message_weights)
+    paths = tuple(flan.expand_paths(spec.files))
     excluded = re.compile(spec.exclude_tasks, re.IGNORECASE) if spec.exclude_tasks else None
-    sizes = collections.Counter()
-    for query in flan.read_zero_shot(paths, columns, zero_shot_types):
-        if excluded is None or not excluded.search(query.task):
-            sizes[query.task] += 1
-    return sizes
+    task_sizes = {
+        task: size
+        for task, size in flan.count_zero_shot_per_task(paths, columns, zero_shot_types).items()
+        if excluded is None or not excluded.search(task)
+    }
+    rng = random.Random(f"{seed}/{spec.name}")
+    counts = draws_per_task(spec, task_sizes, rng)
+    chosen = {task: frozenset(rng.sample(range(task_sizes[task]), count)) for task, count in sorted(counts.items())}
+    return CollectionPlan(spec, paths, task_sizes, chosen, picker)
 
 
-@dataclasses.dataclass
-class CollectionReport:
-    name: str
-    tasks_available: int
-    queries_available: int
-    tasks_sampled: int
-    queries_sampled: int
-    size_requested: int
-
-
-def sample_collection(
-    spec: CollectionSpec,
+def sampled_records(
+    plan: CollectionPlan,
     columns: flan.FlanColumns,
     zero_shot_types: Sequence[str],
     multiple_choice_types: Sequence[str],
     seed: int,
-    report: list[CollectionReport],
 ) -> Iterator[dict]:
-    """Yield the sampled records of one sub-collection in export order; appends its report when done."""
-    rng = random.Random(f"{seed}/{spec.name}")
-    picker = SystemMessagePicker(spec.name, spec.messages, spec.message_weights)
-    paths = flan.expand_paths(spec.files)
-    task_sizes = _task_sizes(spec, paths, columns, zero_shot_types)
-    counts = draws_per_task(spec, task_sizes, rng)
-    chosen = {task: set(rng.sample(range(task_sizes[task]), count)) for task, count in sorted(counts.items())}
+    """Second pass: the chosen queries in export order, each with its system message."""
+    rng = random.Random(f"{seed}/{plan.spec.name}/messages")
     multiple_choice = frozenset(multiple_choice_types)
     seen_per_task = collections.Counter()
     emitted = 0
-    for query in flan.read_zero_shot(paths, columns, zero_shot_types):
-        if query.task not in chosen:
+    for query in flan.read_zero_shot(plan.paths, columns, zero_shot_types):
+        if query.task not in plan.chosen:
             continue
         position = seen_per_task[query.task]
         seen_per_task[query.task] += 1
-        if position not in chosen[query.task]:
+        if position not in plan.chosen[query.task]:
             continue
-        number = picker.pick(rng, query.template_type in multiple_choice)
+        number = plan.picker.pick(rng, query.template_type in multiple_choice)
         yield {
-            "id": f"{spec.name}.{emitted}",
+            "id": f"{plan.spec.name}.{emitted}",
             "system_prompt": SYSTEM_MESSAGES[number],
             "question": query.query,
             "system_message": number,
@@ -161,14 +175,6 @@ def sample_collection(
             "target": query.target,
         }
         emitted += 1
-    report.append(CollectionReport(
-        name=spec.name,
-        tasks_available=len(task_sizes),
-        queries_available=sum(task_sizes.values()),
-        tasks_sampled=len(counts),
-        queries_sampled=emitted,
-        size_requested=spec.size,
-    ))
 
 
 def _write_atomically(path: pathlib.Path, lines: Iterator[str]) -> int:
@@ -195,13 +201,13 @@ def write_sample(
     out_dir: pathlib.Path,
 ) -> dict:
     """Write flan5m.jsonl, its random subset flan1m.jsonl (same ids) and a report; return the report."""
+    # Every collection is planned before anything is written, so a bad export fails early.
+    plans = [plan_collection(spec, columns, zero_shot_types, seed) for spec in specs if spec.size > 0]
     out_dir.mkdir(parents=True, exist_ok=True)
-    reports: list[CollectionReport] = []
     records = (
         record
-        for spec in specs
-        if spec.size > 0
-        for record in sample_collection(spec, columns, zero_shot_types, multiple_choice_types, seed, reports)
+        for plan in plans
+        for record in sampled_records(plan, columns, zero_shot_types, multiple_choice_types, seed)
     )
     total = _write_atomically(out_dir / FLAN5M_FILE, (json.dumps(r, ensure_ascii=False) + "\n" for r in records))
 
@@ -214,7 +220,7 @@ def write_sample(
         "seed": seed,
         "flan5m_queries": total,
         "flan1m_queries": subset_size,
-        "collections": [dataclasses.asdict(r) for r in reports],
+        "collections": [plan.report() for plan in plans],
     }
     (out_dir / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
     return report
