@@ -1,0 +1,137 @@
+"""Greedy decoding against an independent token-by-token reference on the unpadded prompt."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import linen as nn
+
+from orca_jax import parallel
+from orca_jax.eval.generate import greedy_decode_batch, greedy_generate, prompt_bucket
+from orca_jax.model.config import ModelConfig
+from orca_jax.model.llama import Llama
+
+CONFIG = ModelConfig(vocab_size=64, embed_dim=32, mlp_dim=64, num_layers=2, num_heads=4, num_kv_heads=2,
+                     head_dim=8, max_seq_len=64, compute_dtype="float32")
+PAD_ID = CONFIG.vocab_size - 1
+NEW_TOKENS = 8
+# An id the model can produce but the prompts avoid; tests that want no early stop use UNREACHABLE_EOS.
+EOS_ID = 2
+UNREACHABLE_EOS = CONFIG.vocab_size + 7
+
+
+def abstract_params():
+    dummy = jnp.zeros((1, 4), jnp.int32)
+    return jax.eval_shape(lambda: Llama(CONFIG).init(jax.random.key(0), dummy, dummy, dummy + 1))["params"]
+
+
+@pytest.fixture(scope="module")
+def params():
+    # Filled from the shapes alone (no compiled init). Weights ten times LLaMA's 0.02 init give peaked
+    # logits, so argmax ties between differently shaped (but equal in exact arithmetic) computations
+    # cannot flip a token.
+    rng = np.random.default_rng(0)
+
+    def fill(path, leaf):
+        if "scale" in jax.tree_util.keystr(path):
+            return jnp.ones(leaf.shape, leaf.dtype)
+        return jnp.asarray(rng.normal(0.0, 0.2, leaf.shape), leaf.dtype)
+
+    return jax.tree_util.tree_map_with_path(fill, nn.unbox(abstract_params()))
+
+
+def random_prompt(seed: int, length: int) -> list[int]:
+    rng = np.random.default_rng(seed)
+    return rng.integers(3, PAD_ID, size=length).tolist()
+
+
+@jax.jit
+def _left_aligned_forward(params, tokens):
+    """Plain causal forward of one row starting at column 0: positions 0.., a single segment."""
+    positions = jnp.arange(tokens.shape[1], dtype=jnp.int32)[None]
+    return Llama(CONFIG).apply({"params": params}, tokens, positions, jnp.ones_like(tokens))
+
+
+def stepwise_reference(params, prompt: list[int], eos_id: int) -> list[int]:
+    """Grow the unpadded sequence one argmax at a time, re-running the forward pass each step.
+
+    The sequence sits at the start of a fixed max_seq_len row so one compilation serves every step;
+    what follows it is in the future, which causal attention keeps invisible. This layout is the
+    opposite of the decoder's right-aligned, segment-masked buffer, so the two share no padding logic.
+    """
+    sequence, generated = list(prompt), []
+    for _ in range(NEW_TOKENS):
+        row = np.zeros((1, CONFIG.max_seq_len), np.int32)
+        row[0, :len(sequence)] = sequence
+        logits = _left_aligned_forward(params, jnp.asarray(row))
+        next_token = int(jnp.argmax(logits[0, len(sequence) - 1, :PAD_ID]))  # the pad id is never a word
+        if next_token == eos_id:
+            break
+        generated.append(next_token)
+        sequence.append(next_token)
+    return generated
+
+
+def test_prompt_bucket_rounds_up_to_powers_of_two_within_the_limit():
+    assert [prompt_bucket(n, 56) for n in (1, 16, 17, 33, 56)] == [16, 16, 32, 56, 56]
+
+
+def test_matches_stepwise_reference_across_lengths_and_buckets(params):
+    # Lengths 3, 7, 12 share the 16-wide bucket; 20 gets a 32-wide bucket padded with empty rows.
+    prompts = [random_prompt(seed, length) for seed, length in enumerate((3, 7, 12, 20))]
+    outputs = greedy_generate(params, CONFIG, prompts, max_new_tokens=NEW_TOKENS, eos_id=EOS_ID,
+                              pad_id=PAD_ID, batch_size=3)
+    assert outputs == [stepwise_reference(params, p, EOS_ID) for p in prompts]
+
+
+def test_stops_at_eos_and_ends_the_loop_early(params):
+    prompt = random_prompt(11, 9)
+    free_run = stepwise_reference(params, prompt, UNREACHABLE_EOS)
+    stop_index = 3
+    eos_id = free_run[stop_index]
+    expected_stop = free_run.index(eos_id)  # the same token may already occur earlier
+
+    tokens = np.full((3, 16), PAD_ID, np.int32)
+    tokens[0, -len(prompt):] = prompt
+    lengths = np.array([len(prompt), 0, 0], np.int32)  # two filler rows start finished
+    generated, steps = greedy_decode_batch(params, CONFIG, tokens, lengths, max_new_tokens=NEW_TOKENS,
+                                           eos_id=eos_id, pad_id=PAD_ID)
+    assert steps == expected_stop + 1 < NEW_TOKENS
+    assert generated[0, :expected_stop].tolist() == free_run[:expected_stop]
+    assert generated[0, expected_stop] == eos_id
+    assert (generated[0, expected_stop + 1:] == PAD_ID).all()
+    assert (generated[1:] == PAD_ID).all()
+
+
+def test_short_prompt_alone_or_beside_longer_ones_gives_the_same_output(params):
+    short, longer = random_prompt(21, 4), [random_prompt(22, 29), random_prompt(23, 17)]
+    (alone,) = greedy_generate(params, CONFIG, [short], max_new_tokens=NEW_TOKENS, eos_id=UNREACHABLE_EOS,
+                               pad_id=PAD_ID, batch_size=3)
+
+    tokens = np.full((3, 32), PAD_ID, np.int32)
+    for row, prompt in enumerate([short, *longer]):
+        tokens[row, -len(prompt):] = prompt
+    lengths = np.array([len(short), *map(len, longer)], np.int32)
+    generated, _ = greedy_decode_batch(params, CONFIG, tokens, lengths, max_new_tokens=NEW_TOKENS,
+                                       eos_id=UNREACHABLE_EOS, pad_id=PAD_ID)
+    assert generated[0].tolist() == alone
+    assert len(alone) == NEW_TOKENS
+
+
+def test_sharded_params_on_a_mesh_match_the_reference(params):
+    mesh = parallel.make_mesh(data=2, fsdp=2, tensor=2)
+    shardings = parallel.param_shardings(mesh, abstract_params())
+    sharded = jax.device_put(params, shardings)
+    assert sharded["layers"]["attention"]["query"].sharding.spec != jax.sharding.PartitionSpec()
+
+    prompts = [random_prompt(seed, length) for seed, length in zip(range(30, 35), (5, 9, 2, 14, 11))]
+    on_mesh = greedy_generate(sharded, CONFIG, prompts, max_new_tokens=NEW_TOKENS, eos_id=EOS_ID,
+                              pad_id=PAD_ID, batch_size=4, mesh=mesh)
+    assert on_mesh == [stepwise_reference(params, p, EOS_ID) for p in prompts]
+
+
+def test_prompt_too_long_for_the_model_is_a_clear_error(params):
+    too_long = random_prompt(40, CONFIG.max_seq_len - NEW_TOKENS + 1)
+    with pytest.raises(ValueError, match=r"prompt 1 has 57 tokens"):
+        greedy_generate(params, CONFIG, [[5, 6], too_long], max_new_tokens=NEW_TOKENS, eos_id=EOS_ID,
+                        pad_id=PAD_ID, batch_size=2)
