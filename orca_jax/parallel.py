@@ -7,8 +7,9 @@ parallelism strategy means editing LOGICAL_AXIS_RULES, never the model.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import jax
 import numpy as np
@@ -73,6 +74,18 @@ def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1,
 def mesh_from_config(mesh_config, devices: Sequence[jax.Device] | None = None) -> Mesh:
     """Build the mesh named by a config's `mesh` block (fields data, fsdp, tensor)."""
     return make_mesh(mesh_config.data, mesh_config.fsdp, mesh_config.tensor, devices=devices)
+
+
+@contextlib.contextmanager
+def activate(mesh: Mesh) -> Iterator[Mesh]:
+    """Make `mesh` the current mesh and LOGICAL_AXIS_RULES the active rules.
+
+    Trace and run jitted model code inside this: the model's logical activation constraints resolve
+    through the rules and only take effect when a mesh is current (`jax.set_mesh`, which replaces the
+    deprecated `with mesh:`), and splash attention's shard_map finds its mesh the same way.
+    """
+    with jax.set_mesh(mesh), nn.logical_axis_rules(LOGICAL_AXIS_RULES):
+        yield mesh
 
 
 def logical_to_spec(logical_axes: Sequence[str | None]) -> PartitionSpec:

@@ -18,6 +18,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any, Protocol
 
+import jax.numpy as jnp
 import numpy as np
 
 from orca_jax.model import params_io
@@ -78,7 +79,7 @@ def build_params(source: SourceCheckpoint, vocab_size: int | None = None,
         tensor = source.read(layout, layer)
         if layer in (None, 0):  # the first tensor of this parameter: allocate the whole stack
             _set(params, layout.path,
-                 np.empty(layout.shape(config), dtype=np.dtype(dtype) if dtype else tensor.dtype))
+                 np.empty(layout.shape(config), dtype=jnp.dtype(dtype) if dtype else tensor.dtype))
         target = _get(params, layout.path)
         destination = target[layer] if layout.layered else target
         if layout.vocab_axis is not None:
@@ -108,13 +109,16 @@ def export_hf(params_dir: str | pathlib.Path, out_dir: str | pathlib.Path, vocab
     vocab_size: keep only the first vocab_size tokens (e.g. 32000 to drop the added pad token).
     dtype: storage dtype of the safetensors; None keeps the saved dtype. Returns the files written.
     """
+    out_dir = pathlib.Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise ConversionError(f"{out_dir} is not empty; export writes into a new or empty directory so that "
+                              "no stale shard is left beside the new ones")
     config = params_io.load_model_config(params_dir)
-    params = params_io.restore_params(params_dir)
     vocab_size = vocab_size or config.vocab_size
     if vocab_size > config.vocab_size:
         raise ConversionError(f"vocab_size {vocab_size} is larger than the model's {config.vocab_size}")
+    params = params_io.restore_params(params_dir)
     config = config.replace(vocab_size=vocab_size)
-    out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
     def tensor_to_write(layout: ParamLayout, layer: int | None) -> TensorToWrite:
@@ -122,7 +126,7 @@ def export_hf(params_dir: str | pathlib.Path, out_dir: str | pathlib.Path, vocab
         array = array[layer] if layout.layered else array
         if layout.vocab_axis is not None:
             array = array[_vocab_slice(layout, vocab_size)]
-        out_dtype = np.dtype(dtype) if dtype else array.dtype
+        out_dtype = jnp.dtype(dtype) if dtype else array.dtype
         return TensorToWrite(hf_name(layout, layer), layout.torch_shape(config), out_dtype,
                              lambda: layout.to_torch(array).astype(out_dtype, copy=False))
 
