@@ -100,6 +100,7 @@ def run_queries(
     with Journal(answers_path) as answers, Journal(failures_path) as failures:
         answered = answers.ids()
         if retry_failed:
+            # Safe even if this run dies: an id neither answered nor failed is simply pending again.
             failures.clear()
         done = answered | failures.ids()
         report.already_done = len(done)

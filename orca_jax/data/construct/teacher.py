@@ -162,6 +162,9 @@ class ChatClient:
             choice = reply["choices"][0]
             finish_reason = choice.get("finish_reason") or "unknown"
             text = choice["message"]["content"]
+            usage = reply.get("usage") or {}
+            prompt_tokens = int(usage.get("prompt_tokens", estimate_prompt_tokens(system, question)))
+            completion_tokens = int(usage.get("completion_tokens", len(text or "") // 4))
         except (ValueError, KeyError, IndexError, TypeError, AttributeError) as err:
             excerpt = self.redact(payload[:_EXCERPT_CHARS].decode("utf-8", "replace"))
             raise TeacherError(f"malformed reply ({type(err).__name__}): {excerpt!r}", retryable=True) from None
@@ -171,13 +174,7 @@ class ChatClient:
         if not text.strip():
             # The data builder rejects empty responses; at temperature > 0 another try usually says something.
             raise TeacherError(f"empty reply (finish_reason={finish_reason})", retryable=True)
-        usage = reply.get("usage") or {}
-        return Answer(
-            text=text,
-            finish_reason=finish_reason,
-            prompt_tokens=int(usage.get("prompt_tokens", estimate_prompt_tokens(system, question))),
-            completion_tokens=int(usage.get("completion_tokens", len(text) // 4)),
-        )
+        return Answer(text, finish_reason, prompt_tokens, completion_tokens)
 
 
 def _retry_after(header: str | None) -> float | None:
