@@ -11,6 +11,7 @@ import pytest
 
 from orca_jax import cli
 from orca_jax.data import demo, prepare, shards
+from orca_jax.data.records import BAD_ROW_REASONS
 from orca_jax.data.templates import encode_example
 from orca_jax.data.tokenizer import Tokenizer, train_tokenizer
 
@@ -33,6 +34,10 @@ def _tokens(tokenizer, record) -> tuple[int, int]:
     return len(tokens) - int(mask.sum()), int(mask.sum())
 
 
+def _skips(**counts) -> dict:
+    return {reason: counts.get(reason, 0) for reason in BAD_ROW_REASONS}
+
+
 def test_report_describes_the_dataset_written(demo_files, tmp_path, capsys):
     output = tmp_path / "ds"
     exit_code = cli.main(["prepare-data", "--input", f"{demo_files['stage1']},{demo_files['stage2_gz']}",
@@ -44,7 +49,8 @@ def test_report_describes_the_dataset_written(demo_files, tmp_path, capsys):
     assert json.loads(printed[:printed.rindex("}") + 1]) == report
 
     tokenizer = Tokenizer.load(demo_files["tokenizer"])
-    assert report["rows_in"] == len(demo_files["rows"]) and report["skipped"] == {}
+    assert report["rows_in"] == report["rows_valid"] == len(demo_files["rows"])
+    assert report["skipped"] == _skips()
     written = []
     for split in ("train", "validation"):
         records = list(shards.open_split(output, split))
@@ -91,10 +97,10 @@ def test_skip_counts_reasons_and_too_long_is_exact_at_the_boundary(demo_files, t
         return json.loads((output / prepare.REPORT_NAME).read_text())
 
     fits = run(longest_tokens - 1, tmp_path / "fits")
-    assert fits["skipped"] == {"duplicate_id": 1, "empty_field": 1}
+    assert fits["skipped"] == _skips(duplicate_id=1, empty_field=1)
     assert fits["splits"]["train"]["records"] == 20
     too_long = run(longest_tokens - 2, tmp_path / "too_long")
-    assert too_long["skipped"] == {"duplicate_id": 1, "empty_field": 1, "too_long": 1}
+    assert too_long["skipped"] == _skips(duplicate_id=1, empty_field=1, too_long=1)
     assert too_long["splits"]["train"]["records"] == 19
     assert longest["id"] not in {r["id"] for r in shards.open_split(tmp_path / "too_long", "train")}
 

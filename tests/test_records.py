@@ -62,6 +62,17 @@ def test_unknown_field_in_column_map_and_missing_file_are_errors(tmp_path):
         list(records_lib.read_files([tmp_path / "missing.jsonl"]))
 
 
+def test_corrupt_files_are_data_errors_naming_the_file(tmp_path):
+    truncated = tmp_path / "cut.jsonl.gz"
+    truncated.write_bytes(gzip.compress(_jsonl_bytes([_record(i) for i in range(200)]))[:-40])
+    with pytest.raises(records_lib.DataError, match=rf"{truncated}: unreadable after line \d+"):
+        list(records_lib.read_files([truncated]))
+    garbage = tmp_path / "garbage.parquet"
+    garbage.write_bytes(b"not parquet at all")
+    with pytest.raises(records_lib.DataError, match=rf"{garbage}: not a readable parquet file"):
+        list(records_lib.read_files([garbage]))
+
+
 def _without(record: dict, field: str) -> dict:
     return {k: v for k, v in record.items() if k != field}
 
@@ -129,8 +140,8 @@ def _character_counts(batch):
 
 def test_too_long_means_the_example_does_not_fit_one_packed_row():
     # question 4 + response 5 + EOS = 10 tokens, which occupy 9 positions once shifted.
-    row = records_lib.SourceRow("mem, line 1", {"id": "a", "system_prompt": "", "question": "abcd",
-                                                "response": "efghi"})
+    row = records_lib.SourceRow("mem", 1, "line", {"id": "a", "system_prompt": "", "question": "abcd",
+                                                   "response": "efghi"})
     kept = _valid([row], count_tokens=_character_counts, seq_len=9)
     assert (kept[0].prompt_tokens, kept[0].response_tokens) == (4, 6)
     with pytest.raises(records_lib.BadRowError, match="4 prompt \\+ 6 response tokens do not fit a sequence of 8"):
@@ -148,6 +159,14 @@ def test_a_skipped_duplicate_keeps_the_first_occurrence_across_files(tmp_path):
         _valid(records_lib.read_files([first, second]))
     valid = _valid(records_lib.read_files([first, second]), policy="skip")
     assert [v.record for v in valid] == [_record(1)]
+
+
+def test_error_names_the_first_bad_row_whatever_its_kind(tmp_path):
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(_jsonl_bytes([_record(1), _record(2), _record(1), _record(3) | {"question": None}]))
+    with pytest.raises(records_lib.BadRowError, match=rf"^{path}, line 3, field 'id'") as caught:
+        _valid(records_lib.read_files([path]))
+    assert caught.value.reason == records_lib.DUPLICATE_ID
 
 
 def test_unknown_policy_is_rejected():

@@ -109,7 +109,8 @@ def prepare(inputs: Sequence[str], output: str | pathlib.Path, *, tokenizer: Tok
                      "validation": validation, "num_shards": num_shards, "bad_rows": bad_rows, "seed": seed,
                      "column_map": column_map or {}},
         "rows_in": stats.rows_in,
-        "skipped": dict(stats.skipped),
+        "rows_valid": stats.rows_valid,
+        "skipped": {reason: stats.skipped[reason] for reason in records_lib.BAD_ROW_REASONS},
         "skipped_examples": stats.skipped_locations,
         "splits": {split: {**dataclasses.asdict(tally), "subcollections": dict(sorted(tally.subcollections.items()))}
                    for split, tally in tallies.items()},

@@ -75,9 +75,15 @@ class SourceRow:
     absent is absent. `json_error` is set when a JSONL line is not a JSON object.
     """
 
-    location: str  # "file, line 7" (JSONL, 1-based) or "file, row 6" (parquet, 0-based)
+    source: str  # the file
+    row: int  # JSONL: the 1-based line number; parquet: the 0-based row index, as pandas shows it
+    unit: str  # 'line' or 'row', how `row` counts
     values: Mapping[str, Any]
     json_error: str | None = None
+
+    @property
+    def location(self) -> str:
+        return f"{self.source}, {self.unit} {self.row}"
 
 
 def _source_columns(column_map: Mapping[str, str] | None) -> dict[str, str]:
@@ -93,19 +99,21 @@ def read_parquet(path: str | pathlib.Path, column_map: Mapping[str, str] | None 
     """Rows of a parquet file, one record batch at a time. A mapped column missing from the file is an
     error for the whole file, whatever the policy: every row would be bad for the same reason."""
     columns = _source_columns(column_map)
-    parquet_file = pq.ParquetFile(path)
-    present = set(parquet_file.schema_arrow.names)
-    missing = [f"{field} (column {column!r})" for field, column in columns.items() if column not in present]
-    if missing:
-        raise DataError(f"{path}: no column for {', '.join(missing)}; the file has columns {sorted(present)}")
-    row_index = 0
-    for batch in parquet_file.iter_batches(batch_size=BATCH_ROWS, columns=sorted(set(columns.values()))):
-        values_by_field = {field: _as_python(batch.column(column))
-                           for field, column in columns.items()}
-        for offset in range(batch.num_rows):
-            values = {field: values[offset] for field, values in values_by_field.items()}
-            yield SourceRow(f"{path}, row {row_index}", values)
-            row_index += 1
+    try:
+        parquet_file = pq.ParquetFile(path)
+        present = set(parquet_file.schema_arrow.names)
+        missing = [f"{field} (column {column!r})" for field, column in columns.items() if column not in present]
+        if missing:
+            raise DataError(f"{path}: no column for {', '.join(missing)}; the file has columns {sorted(present)}")
+        row_index = 0
+        for batch in parquet_file.iter_batches(batch_size=BATCH_ROWS, columns=sorted(set(columns.values()))):
+            values_by_field = {field: _as_python(batch.column(column)) for field, column in columns.items()}
+            for offset in range(batch.num_rows):
+                values = {field: values[offset] for field, values in values_by_field.items()}
+                yield SourceRow(str(path), row_index, "row", values)
+                row_index += 1
+    except (pa.ArrowException, OSError) as err:
+        raise DataError(f"{path}: not a readable parquet file ({err})") from None
 
 
 def _as_python(column: pa.Array) -> list[Any]:
@@ -121,20 +129,25 @@ def read_jsonl(path: str | pathlib.Path, column_map: Mapping[str, str] | None = 
     columns = _source_columns(column_map)
     with open(path, "rb") as probe:
         gzipped = probe.read(2) == b"\x1f\x8b"
-    with (gzip.open(path, "rb") if gzipped else open(path, "rb")) as lines:
-        for line_number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            location = f"{path}, line {line_number}"
-            try:
-                row = json.loads(line.decode("utf-8", errors="surrogateescape"))
-            except json.JSONDecodeError as err:
-                yield SourceRow(location, {}, json_error=f"not valid JSON ({err})")
-                continue
-            if not isinstance(row, dict):
-                yield SourceRow(location, {}, json_error=f"a JSON {type(row).__name__}, not an object")
-                continue
-            yield SourceRow(location, {field: row[column] for field, column in columns.items() if column in row})
+    line_number = 0
+    try:
+        with (gzip.open(path, "rb") if gzipped else open(path, "rb")) as lines:
+            for line_number, line in enumerate(lines, start=1):
+                if line.strip():
+                    yield _jsonl_row(str(path), line_number, line, columns)
+    except (OSError, EOFError) as err:  # a truncated or corrupt .gz
+        raise DataError(f"{path}: unreadable after line {line_number} ({err})") from None
+
+
+def _jsonl_row(source: str, line_number: int, line: bytes, columns: Mapping[str, str]) -> SourceRow:
+    try:
+        row = json.loads(line.decode("utf-8", errors="surrogateescape"))
+    except json.JSONDecodeError as err:
+        return SourceRow(source, line_number, "line", {}, json_error=f"not valid JSON ({err})")
+    if not isinstance(row, dict):
+        return SourceRow(source, line_number, "line", {}, json_error=f"a JSON {type(row).__name__}, not an object")
+    return SourceRow(source, line_number, "line", {field: row[column] for field, column in columns.items()
+                                                   if column in row})
 
 
 def read_files(paths: Sequence[str | pathlib.Path],
@@ -210,15 +223,15 @@ def validate_rows(rows: Iterable[SourceRow], *, policy: str = "error", stats: Va
     rows = iter(rows)
     while batch := list(itertools.islice(rows, BATCH_ROWS)):
         stats.rows_in += len(batch)
-        checked = []
-        for row in batch:
-            try:
-                checked.append((row, _record_of(row)))
-            except BadRowError as error:
-                reject(error)
-        records = [record for _, record in checked]
-        token_counts = count_tokens(records) if count_tokens and records else [(0, 0)] * len(records)
-        for (row, record), (prompt_tokens, response_tokens) in zip(checked, token_counts):
+        # Problems are acted on in row order below, so 'error' always reports the first bad row.
+        outcomes = [_record_or_error(row) for row in batch]
+        records = [outcome for outcome in outcomes if not isinstance(outcome, BadRowError)]
+        token_counts = iter(count_tokens(records) if count_tokens and records else [(0, 0)] * len(records))
+        for row, outcome in zip(batch, outcomes):
+            if isinstance(outcome, BadRowError):
+                reject(outcome)
+                continue
+            record, (prompt_tokens, response_tokens) = outcome, next(token_counts)
             record_id = record["id"]
             if record_id in first_seen:
                 reject(BadRowError(row.location, "id", DUPLICATE_ID,
@@ -234,8 +247,15 @@ def validate_rows(rows: Iterable[SourceRow], *, policy: str = "error", stats: Va
             yield ValidRecord(record, row.location, prompt_tokens, response_tokens)
 
 
+def _record_or_error(row: SourceRow) -> Record | BadRowError:
+    try:
+        return _record_of(row)
+    except BadRowError as error:
+        return error
+
+
 def _record_of(row: SourceRow) -> Record:
-    """The record of one row, or the BadRowError of its first problem."""
+    """The record of one row; raises the BadRowError of its first problem."""
     if row.json_error is not None:
         raise BadRowError(row.location, None, INVALID_JSON, row.json_error)
     record = {}
