@@ -45,6 +45,10 @@ class RecordSource(Protocol):
     def __getitem__(self, index: int) -> dict[str, str]: ...
 
 
+# Best-fit over 1,000 OpenOrca-like examples fills 2048-token rows to ~99.4% (benchmarks/pipeline.py);
+# larger windows gain little and delay the first batch.
+DEFAULT_PACK_WINDOW = 1000
+
 ExampleKey = tuple[int, str]  # (epoch, record id): identifies one reading of one example.
 
 
@@ -84,7 +88,7 @@ class ProcessBatches:
     def __init__(self, source: RecordSource, tokenizer: Tokenizer, template: str | Template, *,
                  seq_len: int, local_batch_size: int, seed: int, num_epochs: int | None,
                  process_index: int, process_count: int, shuffle: bool = True,
-                 overflow: OverflowPolicy = "truncate_response", pack_window: int = 1000,
+                 overflow: OverflowPolicy = "truncate_response", pack_window: int = DEFAULT_PACK_WINDOW,
                  read_threads: int = 2, prefetch_windows: int = 4):
         if not 0 <= process_index < process_count:
             raise ValueError(f"process_index {process_index} is not in [0, {process_count})")
@@ -113,11 +117,26 @@ class ProcessBatches:
         return self
 
     def __next__(self) -> LocalBatch:
-        rows: list[dict[str, np.ndarray]] = []
-        row_examples: list[list[ExampleKey]] = []
-        taken = 0
+        parts, row_examples, num_dropped, num_truncated = self._take_rows(self.local_batch_size)
+        if not row_examples:
+            raise StopIteration
+        num_padding_rows = self.local_batch_size - len(row_examples)
+        parts.append(self.padding_rows(num_padding_rows))
+        row_examples += [[] for _ in range(num_padding_rows)]
+        arrays = {name: np.concatenate([part[name] for part in parts]) for name in ROW_FIELDS}
+        self.epoch = max(epoch for keys in row_examples for epoch, _ in keys)
+        num_tokens = int(np.count_nonzero(arrays["segment_ids"]))
+        stats = BatchStats(epoch=self.epoch, num_examples=sum(map(len, row_examples)),
+                           num_tokens=num_tokens, efficiency=num_tokens / arrays["segment_ids"].size,
+                           num_dropped=num_dropped, num_truncated=num_truncated)
+        return LocalBatch(arrays=arrays, row_examples=row_examples, stats=stats)
+
+    def _take_rows(self, count: int) -> tuple[list[dict[str, np.ndarray]], list[list[ExampleKey]], int, int]:
+        """Up to `count` rows (fewer only at the end of a finite stream): row array slices, the examples
+        of each row, and the dropped/truncated counts of the windows opened on the way."""
+        parts, row_examples = [], []
         num_dropped = num_truncated = 0
-        while taken < self.local_batch_size and not self._exhausted:
+        while len(row_examples) < count and not self._exhausted:
             if self._window is None:
                 self._window_start_state = self._windows.get_state()
                 try:
@@ -125,29 +144,17 @@ class ProcessBatches:
                 except StopIteration:
                     self._exhausted = True
                     break
-                self._next_row = 0
                 num_dropped += self._window.packed.num_dropped
                 num_truncated += self._window.packed.num_truncated
             packed = self._window.packed
-            end = min(packed.num_rows, self._next_row + self.local_batch_size - taken)
-            rows.append({name: packed.rows[name][self._next_row:end] for name in ROW_FIELDS})
+            end = min(packed.num_rows, self._next_row + count - len(row_examples))
+            parts.append({name: packed.rows[name][self._next_row:end] for name in ROW_FIELDS})
             row_examples += [[self._window.example_keys[i] for i in packed.row_examples[r]]
                              for r in range(self._next_row, end)]
-            taken += end - self._next_row
             self._next_row = end
             if end == packed.num_rows:
                 self._window, self._next_row = None, 0
-        if taken == 0:
-            raise StopIteration
-        rows.append(self.padding_rows(self.local_batch_size - taken))
-        arrays = {name: np.concatenate([part[name] for part in rows]) for name in ROW_FIELDS}
-        row_examples += [[] for _ in range(self.local_batch_size - taken)]
-        self.epoch = max(epoch for keys in row_examples for epoch, _ in keys)
-        num_tokens = int(np.count_nonzero(arrays["segment_ids"]))
-        stats = BatchStats(epoch=self.epoch, num_examples=sum(map(len, row_examples)),
-                           num_tokens=num_tokens, efficiency=num_tokens / arrays["segment_ids"].size,
-                           num_dropped=num_dropped, num_truncated=num_truncated)
-        return LocalBatch(arrays=arrays, row_examples=row_examples, stats=stats)
+        return parts, row_examples, num_dropped, num_truncated
 
     def padding_rows(self, num_rows: int) -> dict[str, np.ndarray]:
         """`num_rows` rows of padding: no tokens, zero loss weight."""
@@ -211,12 +218,13 @@ class TrainBatches:
     def __init__(self, source: RecordSource, tokenizer: Tokenizer, template: str | Template, *,
                  seq_len: int, global_batch_size: int, seed: int, num_epochs: int | None, mesh: Mesh,
                  shuffle: bool = True, overflow: OverflowPolicy = "truncate_response",
-                 pack_window: int = 1000, read_threads: int = 2, prefetch_windows: int = 4):
+                 pack_window: int = DEFAULT_PACK_WINDOW, read_threads: int = 2, prefetch_windows: int = 4):
         self._sharding = parallel.batch_sharding(mesh)
         parallel.check_divisible("global_batch_size", global_batch_size, mesh, self._sharding.spec[0])
         process_count = jax.process_count()
         if global_batch_size % process_count:
-            raise ValueError(f"global_batch_size {global_batch_size} does not split over {process_count} processes")
+            raise ValueError(
+                f"global_batch_size {global_batch_size} does not split over {process_count} processes")
         self._global_shape = (global_batch_size, seq_len)
         self._local = ProcessBatches(
             source, tokenizer, template, seq_len=seq_len, local_batch_size=global_batch_size // process_count,
@@ -261,7 +269,8 @@ class TrainBatches:
 
 def validation_batches(source: RecordSource, tokenizer: Tokenizer, template: str | Template, *,
                        seq_len: int, global_batch_size: int, mesh: Mesh,
-                       overflow: OverflowPolicy = "truncate_response", pack_window: int = 1000) -> TrainBatches:
+                       overflow: OverflowPolicy = "truncate_response",
+                       pack_window: int = DEFAULT_PACK_WINDOW) -> TrainBatches:
     """One deterministic pass in source order (no shuffle); the last batch is padded with zero-weight
     rows, so summing weighted losses over the pass counts every example once."""
     return TrainBatches(source, tokenizer, template, seq_len=seq_len, global_batch_size=global_batch_size,

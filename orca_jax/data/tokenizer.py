@@ -47,7 +47,8 @@ class Tokenizer:
         try:
             processor.Load(str(path))
         except (OSError, RuntimeError) as err:
-            raise TokenizerError(f"tokenizer model {path} is not a readable sentencepiece model: {err}") from None
+            raise TokenizerError(
+                f"tokenizer model {path} is not a readable sentencepiece model: {err}") from None
         return cls(processor, path)
 
     def encode(self, text: str) -> list[int]:
@@ -91,5 +92,6 @@ def train_tokenizer(texts: Iterable[str], out_prefix: str | os.PathLike, vocab_s
                 input_sentence_size=max_lines, shuffle_input_sentence=True,
                 num_threads=num_threads, logstream=quiet)
         except RuntimeError as err:
-            raise TokenizerError(f"training a {vocab_size}-piece tokenizer at {out_prefix} failed: {err}") from None
+            raise TokenizerError(
+                f"training a {vocab_size}-piece tokenizer at {out_prefix} failed: {err}") from None
     return out_prefix.with_name(out_prefix.name + ".model")
