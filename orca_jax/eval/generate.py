@@ -19,7 +19,6 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import linen as nn
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from orca_jax import parallel
@@ -113,7 +112,7 @@ def greedy_decode_batch(params, model_config: ModelConfig, prompt_tokens: np.nda
     decoder = _compiled_decoder(model_config, max_new_tokens, NamedSharding(mesh, PartitionSpec()))
     prompt_tokens = jax.device_put(prompt_tokens, rows)
     prompt_lengths = jax.device_put(prompt_lengths, parallel.logical_sharding(mesh, ("batch",)))
-    with jax.set_mesh(mesh), nn.logical_axis_rules(parallel.LOGICAL_AXIS_RULES):
+    with parallel.activate(mesh):
         generated, steps = decoder(params, prompt_tokens, prompt_lengths, eos_id, pad_id)
     return np.asarray(generated), int(steps)
 
@@ -124,10 +123,14 @@ def greedy_generate(params, model_config: ModelConfig, prompts: Sequence[Sequenc
     """Greedy continuations of token-id prompts, each cut before its EOS (at most max_new_tokens).
 
     Prompts are grouped by length bucket and decoded `batch_size` at a time; the last batch of a
-    bucket is filled with empty rows so every call of a bucket reuses one compiled shape.
+    bucket is filled with empty rows so every call of a bucket reuses one compiled shape. On a mesh,
+    `batch_size` rounds up to a multiple of the ('data', 'fsdp') devices the rows are split over.
     """
     if max_new_tokens < 1 or batch_size < 1:
         raise ValueError(f"max_new_tokens={max_new_tokens} and batch_size={batch_size} must be positive")
+    if mesh is not None:
+        row_groups = mesh.shape["data"] * mesh.shape["fsdp"]
+        batch_size = -(-batch_size // row_groups) * row_groups
     longest_allowed = model_config.max_seq_len - max_new_tokens
     by_bucket: dict[int, list[int]] = {}
     for index, prompt in enumerate(prompts):
