@@ -91,6 +91,22 @@ def test_a_build_that_stops_midway_leaves_nothing(tmp_path, failure):
         shards.open_split(tmp_path / "ds", "train")
 
 
+def test_added_files_appear_with_the_dataset_or_not_at_all(tmp_path):
+    def add_note(dataset_dir):
+        assert (dataset_dir / "dataset_info.json").is_file() and not (tmp_path / "ds").exists()
+        (dataset_dir / "note.txt").write_text("built")
+
+    shards.build_dataset(_records(10), tmp_path / "ds", num_shards=1, validation=0, add_files=add_note)
+    assert (tmp_path / "ds" / "note.txt").read_text() == "built"
+
+    def fail(dataset_dir):
+        raise OSError("disk full")
+
+    with pytest.raises(OSError):
+        shards.build_dataset(_records(10), tmp_path / "other", num_shards=1, validation=0, add_files=fail)
+    assert _leftovers(tmp_path) == ["ds"]
+
+
 def test_too_few_records_for_the_shards_is_a_clear_error(tmp_path):
     with pytest.raises(DataError, match="validation split has 2 records, fewer than the 4 shards"):
         shards.build_dataset(_records(40), tmp_path / "ds", num_shards=4, validation=2)

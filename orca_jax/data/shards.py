@@ -150,11 +150,14 @@ class OrcaRecords(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
 def build_dataset(records: Iterable[Record], output_dir: str | os.PathLike, *, num_shards: int,
                   validation: float | int = 0.01, seed: int = 0,
-                  on_write: Callable[[str, Record], None] | None = None) -> dict[str, int]:
+                  on_write: Callable[[str, Record], None] | None = None,
+                  add_files: Callable[[pathlib.Path], None] | None = None) -> dict[str, int]:
     """Write `records` (ids unique) as a TFDS ArrayRecord dataset in `output_dir`, which must not exist.
 
-    `on_write(split, record)` is called as each record is handed to its split's writer. Returns the
-    number of records per split. On any failure, KeyboardInterrupt included, `output_dir` is not created.
+    `on_write(split, record)` is called as each record is handed to its split's writer. `add_files(dir)`
+    may write files (a report) into the finished dataset just before it moves into place, so they
+    appear with it or not at all. Returns the number of records per split. On any failure,
+    KeyboardInterrupt included, `output_dir` is not created.
     """
     check_validation_size(validation)
     if num_shards < 1:
@@ -170,6 +173,8 @@ def build_dataset(records: Iterable[Record], output_dir: str | os.PathLike, *, n
         builder.download_and_prepare(
             download_dir=work_dir / "downloads",
             download_config=tfds.download.DownloadConfig(num_shards=num_shards, try_download_gcs=False))
+        if add_files is not None:
+            add_files(pathlib.Path(builder.data_dir))
         os.rename(builder.data_dir, output)
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
