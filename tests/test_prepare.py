@@ -105,16 +105,17 @@ def test_skip_counts_reasons_and_too_long_is_exact_at_the_boundary(demo_files, t
     assert longest["id"] not in {r["id"] for r in shards.open_split(tmp_path / "too_long", "train")}
 
 
-def test_parquet_with_renamed_columns_and_a_validation_count(demo_files, tmp_path):
+def test_parquet_with_renamed_columns_and_a_validation_count_from_python(demo_files, tmp_path):
     rows = demo_files["rows"][:40]
     source = tmp_path / "in.parquet"
     pq.write_table(pa.table({"id": [r["id"] for r in rows], "system_prompt": [r["system_prompt"] for r in rows],
                              "prompt": [r["question"] for r in rows], "completion": [r["response"] for r in rows]}),
                    source)
     output = tmp_path / "ds"
-    assert prepare.main(["--input", str(source), "--output", str(output), "--tokenizer",
-                         str(demo_files["tokenizer"]), "--column_map", "question=prompt,response=completion",
-                         "--validation", "8", "--num_shards", "2"]) == 0
+    report = prepare.prepare([source], output, tokenizer=Tokenizer.load(demo_files["tokenizer"]), validation=8,
+                             num_shards=2, column_map={"question": "prompt", "response": "completion"},
+                             progress=False)
+    assert report == json.loads((output / prepare.REPORT_NAME).read_text())
     validation = shards.open_split(output, "validation")
     assert len(validation) == 8 and len(shards.open_split(output, "train")) == 32
     assert all(validation[i] == next(r for r in rows if r["id"] == validation[i]["id"]) for i in range(8))

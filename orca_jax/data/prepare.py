@@ -72,32 +72,27 @@ def token_counter(tokenizer: Tokenizer, template: str) -> records_lib.TokenCount
     return count
 
 
-@dataclasses.dataclass(frozen=True)
-class PrepareSettings:
-    """Everything one dataset build depends on; saved in its report."""
+def prepare(inputs: Sequence[str], output: str | pathlib.Path, *, tokenizer: Tokenizer, template: str = "orca",
+            seq_len: int = 2048, validation: float | int = 0.01, num_shards: int = 1, bad_rows: str = "error",
+            seed: int = 0, column_map: dict[str, str] | None = None, progress: bool = True) -> dict:
+    """Build the dataset in `output` and its report (saved inside it); returns the report.
 
-    inputs: tuple[str, ...]  # .parquet / .jsonl / .jsonl.gz files, read in this order
-    output: str  # the dataset directory to create; it must not exist
-    tokenizer: str  # the sentencepiece .model the training run will use
-    template: str = "orca"  # the prompt template the training run will use
-    seq_len: int = 2048  # packed row length; an example that does not fit one row is a bad row
-    validation: float | int = 0.01  # held-out fraction (float) or record count (int); 0 for none
-    num_shards: int = 1  # per split; a multiple of the number of hosts reading the data
-    bad_rows: str = "error"  # 'error': stop at the first bad row; 'skip': drop and count bad rows
-    seed: int = 0  # chooses the held-out records
-    column_map: dict[str, str] = dataclasses.field(default_factory=dict)  # our field -> the files' column
-
-
-def prepare(settings: PrepareSettings) -> dict:
-    """Build the dataset and its report (saved inside it); returns the report."""
-    templates.get_template(settings.template)  # an unknown template fails before any reading
-    if settings.seq_len < 1:
-        raise records_lib.DataError(f"seq_len {settings.seq_len} must be >= 1")
-    tokenizer = Tokenizer.load(settings.tokenizer)
+    `inputs` are read in order; `tokenizer` and `template` are those the training run will use;
+    `seq_len` is the packed row length, and an example that does not fit one row is a bad row;
+    `validation` is the held-out fraction (float) or record count (int), 0 for none; `num_shards` is
+    per split, a multiple of the number of hosts reading the data; `bad_rows` is 'error' or 'skip';
+    `seed` chooses the held-out records; `column_map` maps our field names to the files' columns.
+    """
+    templates.get_template(template)  # an unknown template fails before any reading
+    if seq_len < 1:
+        raise records_lib.DataError(f"seq_len {seq_len} must be >= 1")
+    settings = {"inputs": [str(path) for path in inputs], "output": str(output), "tokenizer": str(tokenizer.path),
+                "template": template, "seq_len": seq_len, "validation": validation, "num_shards": num_shards,
+                "bad_rows": bad_rows, "seed": seed, "column_map": dict(column_map or {})}
     stats = records_lib.ValidationStats()
     valid = records_lib.validate_rows(
-        records_lib.read_files(settings.inputs, settings.column_map), policy=settings.bad_rows, stats=stats,
-        count_tokens=token_counter(tokenizer, settings.template), seq_len=settings.seq_len)
+        records_lib.read_files(inputs, column_map), policy=bad_rows, stats=stats,
+        count_tokens=token_counter(tokenizer, template), seq_len=seq_len)
     # Token counts wait here until the record is written to its split: at once for train, after the
     # whole input for the (small) held-out set.
     pending_tokens: dict[str, tuple[int, int]] = {}
@@ -120,7 +115,7 @@ def prepare(settings: PrepareSettings) -> dict:
 
     def write_report(dataset_dir: pathlib.Path) -> None:
         report.update({
-            "settings": dataclasses.asdict(settings),
+            "settings": settings,
             "rows_in": stats.rows_in,
             "rows_valid": stats.rows_valid,
             "skipped": {reason: stats.skipped[reason] for reason in records_lib.BAD_ROW_REASONS},
@@ -130,10 +125,9 @@ def prepare(settings: PrepareSettings) -> dict:
         })
         (dataset_dir / REPORT_NAME).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
 
-    with tqdm.tqdm(valid, desc="records", unit=" records") as progress_bar:
-        shards.build_dataset(records_of(progress_bar), settings.output, num_shards=settings.num_shards,
-                             validation=settings.validation, seed=settings.seed, on_write=on_write,
-                             add_files=write_report)
+    with tqdm.tqdm(valid, desc="records", unit=" records", disable=not progress) as progress_bar:
+        shards.build_dataset(records_of(progress_bar), output, num_shards=num_shards, validation=validation,
+                             seed=seed, on_write=on_write, add_files=write_report)
     return report
 
 
@@ -162,20 +156,19 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    settings = PrepareSettings(
-        inputs=tuple(args.input.split(",")), output=args.output, tokenizer=args.tokenizer, template=args.template,
-        seq_len=args.seq_len, validation=args.validation, num_shards=args.num_shards, bad_rows=args.bad_rows,
-        seed=args.seed, column_map=args.column_map)
     # Our own bar counts records; TFDS's per-split bars would interleave with it.
     tfds.disable_progress_bar()
     try:
-        report = prepare(settings)
+        report = prepare(args.input.split(","), args.output, tokenizer=Tokenizer.load(args.tokenizer),
+                         template=args.template, seq_len=args.seq_len, validation=args.validation,
+                         num_shards=args.num_shards, bad_rows=args.bad_rows, seed=args.seed,
+                         column_map=args.column_map)
     except (records_lib.DataError, TokenizerError) as err:
         print(f"orca-jax prepare-data: error: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print(f"orca-jax prepare-data: interrupted; {settings.output} was not created", file=sys.stderr)
+        print(f"orca-jax prepare-data: interrupted; {args.output} was not created", file=sys.stderr)
         return 130
     print(json.dumps(report, indent=2))
-    print(f"report saved to {pathlib.Path(settings.output) / REPORT_NAME}")
+    print(f"report saved to {pathlib.Path(args.output) / REPORT_NAME}")
     return 0
