@@ -98,10 +98,10 @@ def test_read_demo_eval_reads_every_row_with_its_task(demo_dir):
 
 
 @pytest.mark.parametrize("bad_line, message", [
-    ('{"id": "a.b.eval.1", "system_prompt": "", "question": "q"}', r"bad\.jsonl:2: field 'answer' is missing"),
-    ('{"id": 5, "system_prompt": "", "question": "q", "answer": "1"}', r"bad\.jsonl:2: field 'id'"),
-    ('{"id": "a", "system_prompt": "", "question": "q", "answer": " "}', r"bad\.jsonl:2: field 'answer' is empty"),
-    ("not json", r"bad\.jsonl:2: not valid JSON"),
+    ('{"id": "a.b.eval.1", "system_prompt": "", "question": "q"}', r"bad\.jsonl: line 2: field 'answer' is missing"),
+    ('{"id": 5, "system_prompt": "", "question": "q", "answer": "1"}', r"bad\.jsonl: line 2: field 'id' is a int"),
+    ('{"id": "a", "system_prompt": "", "question": "q", "answer": " "}', r"bad\.jsonl: line 2: field 'answer' is empty"),
+    ("not json", r"bad\.jsonl: line 2: not JSON"),
 ])
 def test_read_demo_eval_names_file_line_and_field(tmp_path, bad_line, message):
     good = json.dumps({"id": "a.b.eval.0", "system_prompt": "", "question": "q", "answer": "1"})

@@ -8,13 +8,13 @@ answer. Models not trained on that format (and BBH-style chain-of-thought) often
 from __future__ import annotations
 
 import dataclasses
-import json
 import pathlib
 import re
 from collections.abc import Sequence
 
 from jax.sharding import Mesh
 
+from orca_jax.data.construct.jsonl import RecordFormatError, read_objects, require_strings
 from orca_jax.data.templates import Template, encode_prompt
 from orca_jax.data.tokenizer import Tokenizer
 from orca_jax.eval.generate import greedy_generate
@@ -136,31 +136,20 @@ def read_demo_eval(path: str | pathlib.Path, limit: int | None = None) -> list[E
     """The demo's eval.jsonl rows (`id`, `system_prompt`, `question`, `answer`); the first `limit` rows
     when `limit` is positive (None or 0: all, as the demo config's `eval_questions` means it).
 
-    A malformed row is an error naming the file, the line and the field.
+    A malformed row is a RecordFormatError naming the file, the line and the field.
     """
     path = pathlib.Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"demo eval file {path} does not exist (write it with orca-jax make-demo-data)")
     examples = []
-    with open(path, encoding="utf-8") as rows:
-        for line_number, line in enumerate(rows, start=1):
-            if limit and len(examples) >= limit:
-                break
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{line_number}: not valid JSON ({err.msg})") from None
-            if not isinstance(row, dict):
-                raise ValueError(f"{path}:{line_number}: expected a JSON object, got {type(row).__name__}")
-            for field in ("id", "system_prompt", "question", "answer"):
-                if not isinstance(row.get(field), str):
-                    raise ValueError(f"{path}:{line_number}: field {field!r} is missing or not a string")
-            if not row["answer"].strip():
-                raise ValueError(f"{path}:{line_number}: field 'answer' is empty")
-            examples.append(EvalExample(id=row["id"], task=demo_task(row["id"]), system_prompt=row["system_prompt"],
-                                        question=row["question"], answer=row["answer"]))
+    for line_number, row in read_objects(path):
+        if limit and len(examples) >= limit:
+            break
+        require_strings(path, line_number, row, ("id", "system_prompt", "question", "answer"))
+        if not row["answer"].strip():
+            raise RecordFormatError(f"{path}: line {line_number}: field 'answer' is empty")
+        examples.append(EvalExample(id=row["id"], task=demo_task(row["id"]), system_prompt=row["system_prompt"],
+                                    question=row["question"], answer=row["answer"]))
     if not examples:
         raise ValueError(f"{path}: no eval rows")
     return examples
