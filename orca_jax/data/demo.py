@@ -191,7 +191,7 @@ def write_demo_data(out_dir: str | pathlib.Path, seed: int = 0, stage1_rows: int
     """
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    # Separate streams per file, so changing one file's size leaves the others' rows unchanged.
+    # One random stream per file: resizing one training file leaves the other's rows unchanged.
     eval_problems = _rows(random.Random(f"orca-demo-{seed}-eval"), eval_rows, "eval", distinct=True)
     held_out = frozenset(problem.instance for _, _, problem in eval_problems)
     paths = {name: out_dir / f"{name}.jsonl" for name in ("stage1", "stage2", "eval")}
