@@ -1,0 +1,1 @@
+"""Staged training: optimizer, jitted step, checkpoints, the loop and the `orca-jax train` command."""

@@ -1,0 +1,299 @@
+"""The staged training loop: stages in order, resume from the latest checkpoint, preemption, NaN guard.
+
+Orca trains in stages (FLAN-5M with ChatGPT's answers, then FLAN-1M with GPT-4's), each stage with
+its own data, length, optimizer and schedule, the second starting from the first one's final weights.
+`train(config, mesh)` runs every stage of `config.stage_order` and can be killed at any moment: the
+same call again continues from the latest checkpoint with the same parameters, optimizer state and
+next batch, so an interrupted run ends bit-identical to an uninterrupted one (same device count).
+
+Every stage's length is fixed before it starts (given as steps, or counted from its epochs by one
+pass over the packed data), because the learning-rate schedule and the global step numbering of
+checkpoints depend on it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+import signal
+import time
+from collections.abc import Iterator
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh
+
+from orca_jax.data import pipeline, shards
+from orca_jax.data.tokenizer import Tokenizer
+from orca_jax.model import ModelConfig, params_io
+from orca_jax.train import step as train_step
+from orca_jax.train.checkpoint import Checkpointer, Position
+from orca_jax.train.metrics import MetricsWriter, Throughput
+from orca_jax.train.optimizer import OptimizerConfig, learning_rate_schedule, make_optimizer
+
+INIT_RANDOM = "random"
+INIT_PREVIOUS = "previous"
+PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM, what a supervisor expects of a process that SIGTERM ended
+
+
+class TrainingStopped(Exception):
+    """Training ended early on purpose; the message says why and where the run stands."""
+
+    exit_code = 1
+
+
+class Preempted(TrainingStopped):
+    exit_code = PREEMPTED_EXIT_CODE
+
+
+class NonFiniteLoss(TrainingStopped):
+    pass
+
+
+class StageConfigError(ValueError):
+    """A stage description that cannot be trained; the message names the stage and field."""
+
+
+@dataclasses.dataclass(frozen=True)
+class StagePlan:
+    """One stage with its length resolved."""
+
+    index: int
+    name: str
+    dataset_dir: str
+    init: str
+    """'random', 'previous' (the previous stage's final weights) or a params directory (params_io)."""
+    optimizer: OptimizerConfig
+    epochs: int | None
+    """Passes over the data; None when the stage is given in steps and the data repeats forever."""
+    num_steps: int
+    first_step: int
+    """Global step count before this stage's first step (checkpoints are numbered globally)."""
+    data_seed: int
+
+    @property
+    def last_step(self) -> int:
+        return self.first_step + self.num_steps
+
+
+def _check_stage(name: str, stage, index: int) -> None:
+    init = stage.init
+    if init == INIT_PREVIOUS and index == 0:
+        raise StageConfigError(f"stages.{name}.init='previous' but {name} is the first stage")
+    if init not in (INIT_RANDOM, INIT_PREVIOUS) and not pathlib.Path(init).is_dir():
+        raise StageConfigError(f"stages.{name}.init={init!r} is neither 'random', 'previous' nor an "
+                               "existing params directory")
+    if stage.num_steps < 0 or stage.epochs < 0 or (stage.num_steps == 0) == (stage.epochs == 0):
+        raise StageConfigError(f"stages.{name}: give exactly one of num_steps or epochs as a positive "
+                               f"number (num_steps={stage.num_steps}, epochs={stage.epochs})")
+    if not (pathlib.Path(stage.dataset_dir) / "dataset_info.json").is_file():
+        raise StageConfigError(f"stages.{name}.dataset_dir={stage.dataset_dir!r} is not a built dataset")
+
+
+def _train_batches(config, dataset_dir: str, tokenizer: Tokenizer, mesh: Mesh, seed: int,
+                   epochs: int | None) -> pipeline.TrainBatches:
+    return pipeline.TrainBatches(
+        shards.open_split(dataset_dir, shards.TRAIN), tokenizer, config.data.template,
+        seq_len=config.data.seq_len, global_batch_size=config.data.batch_size, seed=seed,
+        num_epochs=epochs, mesh=mesh, pack_window=config.data.pack_window)
+
+
+def count_steps(config, dataset_dir: str, tokenizer: Tokenizer, seed: int, epochs: int) -> int:
+    """Global batches in `epochs` passes over the packed data: the longest process's local count
+    (processes that run out early feed padding until all are done, see pipeline.TrainBatches)."""
+    local = pipeline.ProcessBatches(
+        shards.open_split(dataset_dir, shards.TRAIN), tokenizer, config.data.template,
+        seq_len=config.data.seq_len, local_batch_size=config.data.batch_size // jax.process_count(),
+        seed=seed, num_epochs=epochs, process_index=jax.process_index(),
+        process_count=jax.process_count(), pack_window=config.data.pack_window)
+    steps = sum(1 for _ in local)
+    if jax.process_count() > 1:
+        steps = int(multihost_utils.process_allgather(np.int32(steps)).max())
+    return steps
+
+
+def plan_stages(config, tokenizer: Tokenizer) -> list[StagePlan]:
+    names = list(config.stage_order)
+    if sorted(names) != sorted(config.stages.keys()):
+        raise StageConfigError(f"stage_order {names} must list each of stages {sorted(config.stages)} once")
+    plans, first_step = [], 0
+    for index, name in enumerate(names):
+        stage = config.stages[name]
+        _check_stage(name, stage, index)
+        data_seed = config.seed + index
+        epochs = stage.epochs or None
+        num_steps = stage.num_steps or count_steps(config, stage.dataset_dir, tokenizer, data_seed, epochs)
+        optimizer = OptimizerConfig.from_config(stage.optimizer)
+        if config.data.batch_size % optimizer.grad_accum_steps:
+            raise StageConfigError(f"stages.{name}.optimizer.grad_accum_steps={optimizer.grad_accum_steps} "
+                                   f"does not divide data.batch_size={config.data.batch_size}")
+        learning_rate_schedule(optimizer, num_steps)  # fails now, not after the previous stage trained
+        plans.append(StagePlan(index=index, name=name, dataset_dir=stage.dataset_dir, init=stage.init,
+                               optimizer=optimizer, epochs=epochs, num_steps=num_steps,
+                               first_step=first_step, data_seed=data_seed))
+        first_step += num_steps
+    return plans
+
+
+class PreemptionWatch:
+    """Turns SIGTERM (how a TPU VM announces preemption) into a flag the loop polls between steps."""
+
+    def __init__(self):
+        self._requested = False
+
+    def __enter__(self) -> PreemptionWatch:
+        self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        signal.signal(signal.SIGTERM, self._previous)
+
+    def _on_sigterm(self, signum, frame) -> None:
+        self._requested = True
+
+    def requested(self) -> bool:
+        """True once any process got SIGTERM; all processes agree, so they stop at the same step."""
+        if jax.process_count() == 1:
+            return self._requested
+        return bool(multihost_utils.process_allgather(np.int32(self._requested)).any())
+
+
+class _Stage:
+    """Everything one stage compiles and reads: model, optimizer, steps, data."""
+
+    def __init__(self, config, plan: StagePlan, tokenizer: Tokenizer, mesh: Mesh):
+        self.config, self.plan, self.tokenizer, self.mesh = config, plan, tokenizer, mesh
+        self.model_config = ModelConfig.from_config(config.model)
+        self.optimizer = make_optimizer(plan.optimizer, plan.num_steps)
+        self.learning_rate = learning_rate_schedule(plan.optimizer, plan.num_steps)
+        self.params_abstract = params_io.abstract_params(self.model_config, mesh)
+        self.state_abstract = train_step.abstract_state(self.params_abstract, self.optimizer, mesh)
+        self.steps = train_step.CompiledSteps(self.model_config, self.optimizer, plan.optimizer.grad_accum_steps,
+                                              mesh, self.state_abstract)
+        self.batches = _train_batches(config, plan.dataset_dir, tokenizer, mesh, plan.data_seed, plan.epochs)
+
+    def initial_params(self, checkpointer: Checkpointer, previous: StagePlan | None):
+        init = self.plan.init
+        if init == INIT_RANDOM:
+            rng = jax.random.fold_in(jax.random.key(self.config.seed), self.plan.index)
+            return train_step.init_params(self.model_config, rng, self.params_abstract)
+        if init == INIT_PREVIOUS:
+            return checkpointer.restore_params(previous.last_step, self.params_abstract)
+        return params_io.restore_params(init, self.params_abstract)
+
+    def validation_loss(self, params) -> float | None:
+        """Token-weighted loss over the first `data.validation_batches` batches (0: all) of the stage's
+        validation split; None when it has none."""
+        source = shards.open_split(self.plan.dataset_dir, shards.VALIDATION)
+        if len(source) == 0:
+            return None
+        batches: Iterator = pipeline.validation_batches(
+            source, self.tokenizer, self.config.data.template, seq_len=self.config.data.seq_len,
+            global_batch_size=self.config.data.batch_size, mesh=self.mesh,
+            pack_window=self.config.data.pack_window)
+        loss_sum = weight = 0.0
+        limit = self.config.data.validation_batches
+        for index, batch in enumerate(batches):
+            if 0 < limit <= index:
+                break
+            result = jax.device_get(self.steps.eval(params, batch))
+            loss_sum += float(result["loss_sum"])
+            weight += float(result["response_tokens"])
+        return loss_sum / max(weight, 1.0)
+
+
+def train(config, mesh: Mesh, tokenizer: Tokenizer) -> list[StagePlan]:
+    """Run (or resume) every stage; returns the stage plans (their checkpoints are kept)."""
+    workdir = pathlib.Path(config.workdir)
+    plans = plan_stages(config, tokenizer)
+    checkpointer = Checkpointer(workdir / "checkpoints", keep=config.checkpoint.keep,
+                                keep_steps=[plan.last_step for plan in plans])
+    latest = checkpointer.latest_step()
+    position = checkpointer.position(latest) if latest is not None else None
+    writer = MetricsWriter(workdir, total_steps=plans[-1].last_step, initial_step=latest or 0)
+    try:
+        with PreemptionWatch() as preemption:
+            for plan in plans:
+                if position is not None and (plan.index < position.stage_index or (
+                        plan.index == position.stage_index and position.stage_step == plan.num_steps)):
+                    continue  # finished before this run started
+                resume = position if position is not None and position.stage_index == plan.index else None
+                previous = plans[plan.index - 1] if plan.index else None
+                _run_stage(config, _Stage(config, plan, tokenizer, mesh), checkpointer, writer,
+                           preemption, resume, previous)
+    finally:
+        checkpointer.wait()
+        checkpointer.close()
+        writer.close()
+    return plans
+
+
+def _run_stage(config, stage: _Stage, checkpointer: Checkpointer, writer: MetricsWriter,
+               preemption: PreemptionWatch, resume: Position | None, previous: StagePlan | None) -> None:
+    plan = stage.plan
+    if resume is None:
+        state = train_step.init_state(stage.initial_params(checkpointer, previous), stage.optimizer,
+                                      stage.state_abstract)
+        start = 0
+        _write_validation(writer, stage, state.params, plan.first_step)
+    else:
+        state, data_state = checkpointer.restore(plan.first_step + resume.stage_step, stage.state_abstract)
+        stage.batches.set_state(data_state)
+        start = resume.stage_step
+    config_json = config.to_json()
+    throughput = Throughput(stage.model_config, config.data.seq_len)
+    logged_losses, logged_norms, logged_efficiency = [], [], []
+
+    for stage_step in range(start + 1, plan.num_steps + 1):
+        global_step = plan.first_step + stage_step
+        waited = time.perf_counter()
+        batch = next(stage.batches, None)
+        if batch is None:
+            raise TrainingStopped(f"stage {plan.name}: the data ran out at step {stage_step} of "
+                                  f"{plan.num_steps}")
+        throughput.add_data_wait(time.perf_counter() - waited)
+        if global_step == config.debug.nan_at_step:
+            batch["loss_weights"] = batch["loss_weights"] * np.float32("nan")
+        state, metrics = stage.steps.train(state, batch)
+        metrics = jax.device_get(metrics)
+        loss = float(metrics["loss"])
+        if not np.isfinite(loss):
+            raise NonFiniteLoss(
+                f"stage {plan.name} step {stage_step} (global step {global_step}): loss is {loss}. "
+                f"Stopped without saving; the last good checkpoint is step {checkpointer.latest_step()} "
+                f"in {checkpointer.directory}")
+        throughput.add_step(int(metrics["real_tokens"]))
+        writer.advance()
+        logged_losses.append(loss)
+        logged_norms.append(float(metrics["grad_norm"]))
+        logged_efficiency.append(stage.batches.stats.efficiency)
+
+        stage_done = stage_step == plan.num_steps
+        preempted = preemption.requested()
+        if stage_step % config.log_every_steps == 0 or stage_done:
+            writer.write(global_step, plan.name, {
+                "loss": np.mean(logged_losses), "grad_norm": np.mean(logged_norms),
+                "learning_rate": stage.learning_rate(stage_step - 1),
+                "packing_efficiency": np.mean(logged_efficiency), "epoch": stage.batches.epoch,
+                **throughput.report()})
+            logged_losses, logged_norms, logged_efficiency = [], [], []
+        if stage_done or (config.eval_every_steps and stage_step % config.eval_every_steps == 0):
+            evaluating = time.perf_counter()
+            _write_validation(writer, stage, state.params, global_step)
+            throughput.exclude(time.perf_counter() - evaluating)
+        if stage_done or preempted or stage_step % config.checkpoint.every_steps == 0:
+            waited = time.perf_counter()
+            checkpointer.save(global_step, state, stage.batches.get_state(),
+                              Position(plan.index, plan.name, stage_step, config.seed), config_json)
+            throughput.add_checkpoint_wait(time.perf_counter() - waited)
+        if preempted:
+            checkpointer.wait()
+            raise Preempted(f"SIGTERM: saved a checkpoint at stage {plan.name} step {stage_step} (global "
+                            f"step {global_step}) in {checkpointer.directory}; rerun the same command to resume")
+
+
+def _write_validation(writer: MetricsWriter, stage: _Stage, params, global_step: int) -> None:
+    loss = stage.validation_loss(params)
+    if loss is not None:
+        writer.write(global_step, stage.plan.name, {"val_loss": loss})

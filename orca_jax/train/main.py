@@ -1,0 +1,156 @@
+"""`orca-jax train [--config F] [--config.a.b=v ...]`: the staged training job of a config.
+
+With no --config it runs configs/demo.py, which also prepares its own inputs (demo data, tokenizer,
+TFDS shards) and ends with a report of loss and held-out exact-match accuracy per stage. Rerunning
+the same command resumes from the latest checkpoint.
+
+Exit codes: 0 done; 1 stopped (non-finite loss, bad config or data: the message says which);
+143 preempted by SIGTERM after saving a checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import sys
+
+import jax
+
+from orca_jax import parallel
+from orca_jax.config import ConfigError, parse_config_args
+from orca_jax.data import prepare
+from orca_jax.data.demo import write_demo_data
+from orca_jax.data.records import DataError
+from orca_jax.data.tokenizer import Tokenizer, train_tokenizer
+from orca_jax.eval.exact_match import evaluate_demo
+from orca_jax.model import ModelConfig, ModelConfigError, params_io
+from orca_jax.train import loop
+from orca_jax.train import step as train_step
+from orca_jax.train.checkpoint import Checkpointer
+from orca_jax.train.optimizer import OptimizerConfigError
+
+DEFAULT_CONFIG = pathlib.Path(__file__).resolve().parents[2] / "configs" / "demo.py"
+
+
+def initialize_distributed() -> None:
+    """Join the other processes of a multi-host run; a no-op for a single process.
+
+    `jax.distributed.initialize()` finds the coordinator itself on Cloud TPU pods (TPU_WORKER_HOSTNAMES
+    lists the VMs), under SLURM and Open MPI, or from JAX_COORDINATOR_ADDRESS with JAX_NUM_PROCESSES
+    and JAX_PROCESS_ID. A TPU VM with one host also sets TPU_WORKER_HOSTNAMES, to one name.
+    """
+    hosts = os.environ.get("TPU_WORKER_HOSTNAMES", "")
+    several = (len(hosts.split(",")) > 1 or int(os.environ.get("SLURM_NTASKS", "1")) > 1
+               or int(os.environ.get("OMPI_COMM_WORLD_SIZE", "1")) > 1
+               or int(os.environ.get("JAX_NUM_PROCESSES", "1")) > 1)
+    if several:
+        jax.distributed.initialize()
+
+
+def prepare_demo(config) -> None:
+    """Write what the demo trains on, skipping every part that already exists."""
+    demo, data_dir = config.demo, pathlib.Path(config.demo.data_dir)
+    paths = {name: data_dir / f"{name}.jsonl" for name in ("stage1", "stage2", "eval")}
+    if not all(path.is_file() for path in paths.values()):
+        write_demo_data(data_dir, seed=demo.data_seed, stage1_rows=demo.stage1_rows,
+                        stage2_rows=demo.stage2_rows, eval_rows=demo.eval_rows)
+    tokenizer_path = pathlib.Path(config.data.tokenizer)
+    if not tokenizer_path.is_file():
+        texts = (f"{row['system_prompt']}\n{row['question']}\n{row['response']}"
+                 for name in ("stage1", "stage2") for row in _read_jsonl(paths[name]))
+        train_tokenizer(texts, tokenizer_path.with_suffix(""), demo.tokenizer_pieces)
+    tokenizer = Tokenizer.load(tokenizer_path)
+    for name in config.stage_order:
+        dataset_dir = pathlib.Path(config.stages[name].dataset_dir)
+        if not (dataset_dir / "dataset_info.json").is_file():
+            prepare.prepare([str(paths[name])], dataset_dir, tokenizer=tokenizer, template=config.data.template,
+                            seq_len=config.data.seq_len, validation=demo.validation_fraction,
+                            bad_rows="skip", seed=demo.data_seed, progress=False)
+
+
+def _read_jsonl(path: pathlib.Path) -> list[dict]:
+    with open(path, encoding="utf-8") as lines:
+        return [json.loads(line) for line in lines]
+
+
+def _stage_losses(metrics_path: pathlib.Path) -> dict[str, dict[str, float]]:
+    """First and last logged training loss and first and last validation loss of each stage (the
+    later record wins where a resumed run logged a step twice)."""
+    by_stage: dict[str, dict[str, dict[int, float]]] = {}
+    for record in _read_jsonl(metrics_path):
+        for name in ("loss", "val_loss"):
+            if name in record:
+                by_stage.setdefault(record["stage"], {}).setdefault(name, {})[record["step"]] = record[name]
+    summary = {}
+    for stage, series in by_stage.items():
+        summary[stage] = {}
+        for name, values in series.items():
+            steps = sorted(values)
+            summary[stage][f"first_{name}"] = values[steps[0]]
+            summary[stage][f"last_{name}"] = values[steps[-1]]
+    return summary
+
+
+def demo_report(config, mesh, tokenizer: Tokenizer, plans: list[loop.StagePlan]) -> dict:
+    """Held-out exact match before training and after each stage, from the kept stage checkpoints."""
+    model_config = ModelConfig.from_config(config.model)
+    params_abstract = params_io.abstract_params(model_config, mesh)
+    eval_path = pathlib.Path(config.demo.data_dir) / "eval.jsonl"
+
+    def accuracy(params) -> float:
+        return evaluate_demo(params, model_config, tokenizer, config.data.template, eval_path,
+                             max_new_tokens=config.demo.max_new_tokens, batch_size=config.demo.eval_batch_size,
+                             mesh=mesh, limit=config.demo.eval_questions)["accuracy"]
+
+    untrained = train_step.init_params(model_config, jax.random.fold_in(jax.random.key(config.seed), 0),
+                                       params_abstract)
+    report = {"exact_match": {"untrained": accuracy(untrained)}}
+    checkpointer = Checkpointer(pathlib.Path(config.workdir) / "checkpoints", keep=config.checkpoint.keep,
+                                keep_steps=[plan.last_step for plan in plans])
+    try:
+        for plan in plans:
+            report["exact_match"][plan.name] = accuracy(checkpointer.restore_params(plan.last_step, params_abstract))
+    finally:
+        checkpointer.close()
+    report["losses"] = _stage_losses(pathlib.Path(config.workdir) / "metrics.jsonl")
+    return report
+
+
+def _print_report(report: dict) -> None:
+    print("\n== demo report ==")
+    for stage, losses in report["losses"].items():
+        parts = [f"{name} {value:.4f}" for name, value in losses.items()]
+        print(f"{stage}: " + ", ".join(parts))
+    print("held-out exact match: " + ", ".join(
+        f"{name} {value:.1%}" for name, value in report["exact_match"].items()))
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        config, rest = parse_config_args(argv, default=str(DEFAULT_CONFIG))
+        if rest:
+            raise ConfigError(f"unexpected arguments {rest}; use --config F and --config.a.b=value")
+        initialize_distributed()
+        if "demo" in config:
+            prepare_demo(config)
+        mesh = parallel.mesh_from_config(config.mesh)
+        tokenizer = Tokenizer.load(config.data.tokenizer)
+        if tokenizer.vocab_size > config.model.vocab_size:
+            raise ConfigError(f"the tokenizer {config.data.tokenizer} has {tokenizer.vocab_size} ids but "
+                              f"model.vocab_size is {config.model.vocab_size}")
+        plans = loop.train(config, mesh, tokenizer)
+        if "demo" in config:
+            report = demo_report(config, mesh, tokenizer, plans)  # every process: evaluation is sharded
+            if jax.process_index() == 0:
+                (pathlib.Path(config.workdir) / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+                _print_report(report)
+    except loop.TrainingStopped as stopped:
+        print(f"orca-jax train: {stopped}", file=sys.stderr)
+        return stopped.exit_code
+    except (ConfigError, DataError, ModelConfigError, OptimizerConfigError, loop.StageConfigError,
+            parallel.MeshShapeError) as error:
+        print(f"orca-jax train: {error}", file=sys.stderr)
+        return 1
+    return 0
