@@ -3,6 +3,9 @@ they claim to be, exact resumption, global sharded batches, the validation pass,
 
 import collections
 import json
+import os
+import pathlib
+import socket
 import subprocess
 import sys
 
@@ -15,6 +18,7 @@ from orca_jax.data import shards
 from orca_jax.data.packing import ROW_FIELDS
 from orca_jax.data.pipeline import ProcessBatches, TrainBatches, validation_batches
 from orca_jax.data.templates import encode_example, encode_prompt
+from orca_jax.data.tokenizer import Tokenizer
 from synthetic_text import records, trained_tokenizer
 
 SEQ_LEN = 128
@@ -211,3 +215,50 @@ def test_reads_tfds_array_record_shards(tmp_path, source, tokenizer):
     resumed = process_stream(shards.open_split(tmp_path / "ds", "train"), tokenizer, 1, 2, num_epochs=1)
     resumed.set_state(json.loads(json.dumps(interrupted.get_state())))
     assert_same_stream(list(resumed), streams[1][4:])
+
+
+def two_process_worker(process_id: int, port: int, tokenizer_path: str, out_path: str) -> None:
+    """One of two real JAX processes (4 CPU devices each) reading TrainBatches over a global mesh."""
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(f"localhost:{port}", num_processes=2, process_id=process_id)
+    tokenizer = Tokenizer.load(tokenizer_path)
+    source = records(NUM_RECORDS, seed=11, max_response_words=60)
+    options = dict(seq_len=SEQ_LEN, seed=7, num_epochs=1, pack_window=16)
+    batches = TrainBatches(source, tokenizer, "orca", global_batch_size=8, mesh=parallel.make_mesh(),
+                           **options)
+    alone = list(ProcessBatches(source, tokenizer, "orca", local_batch_size=4, process_index=process_id,
+                                process_count=2, **options))
+    matches = []
+    for step, batch in enumerate(batches):
+        for name, array in batch.items():
+            shards_in_order = sorted(array.addressable_shards, key=lambda shard: shard.index[0].start)
+            local = np.concatenate([np.asarray(shard.data) for shard in shards_in_order])
+            if step < len(alone):
+                expected = alone[step].arrays[name]
+            else:  # this process ran out: padding rows, pad ids as inputs, zeros elsewhere
+                expected = np.full((4, SEQ_LEN), tokenizer.pad_id if name == "inputs" else 0)
+            matches.append(bool(np.array_equal(local, expected)))
+    pathlib.Path(out_path).write_text(json.dumps(
+        {"steps": step + 1, "local_batches": len(alone), "all_match": all(matches)}))
+
+
+@pytest.mark.slow
+def test_two_real_processes_stay_in_lockstep(tmp_path, tokenizer):
+    """jax.distributed on CPU: each process's part of the global arrays is its own stream, and the
+    process that runs out first feeds padding until the other is done."""
+    with socket.socket() as probe:
+        probe.bind(("localhost", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu",
+           "PYTHONPATH": os.pathsep.join([os.path.dirname(__file__), os.environ.get("PYTHONPATH", "")])}
+    calls = [f"two_process_worker({i}, {port}, {str(tokenizer.path)!r}, {str(tmp_path / str(i))!r})"
+             for i in range(2)]
+    workers = [subprocess.Popen([sys.executable, "-c", f"from test_pipeline import *; {call}"], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for call in calls]
+    for worker in workers:
+        output, _ = worker.communicate(timeout=240)
+        assert worker.returncode == 0, output.decode()[-3000:]
+    results = [json.loads((tmp_path / str(process_id)).read_text()) for process_id in range(2)]
+    assert results[0]["steps"] == results[1]["steps"] == max(r["local_batches"] for r in results)
+    assert results[0]["local_batches"] != results[1]["local_batches"], "no process ran out early"
+    assert all(r["all_match"] for r in results)
