@@ -1,16 +1,27 @@
 """BBH / AGIEval readers and zero-shot prompts: on the real public files when the workplace has them
-(skipped otherwise), and on small hand-made files for the error paths and answer-format rules."""
+(skipped otherwise), and on small hand-made files for the error paths and answer-format rules; then
+the `orca-jax evaluate` command end to end on a tiny saved model."""
 
+import dataclasses
 import json
 import re
 
+import jax
+import numpy as np
 import pytest
 from conftest import SHARED_BENCHMARKS
 
+from orca_jax import parallel
+from orca_jax.config import load_config
 from orca_jax.data.construct.jsonl import RecordFormatError
+from orca_jax.data.demo import write_demo_data
+from orca_jax.data.tokenizer import Tokenizer, train_tokenizer
 from orca_jax.eval.benchmarks import (GENERIC_FORMAT, MULTIPLE_CHOICE_FORMAT, OPEN_ANSWER_FORMATS, SYSTEM_MESSAGE,
                                       bbh_answer_format, read_agieval, read_bbh, read_benchmark)
-from orca_jax.eval.exact_match import exact_match
+from orca_jax.eval.exact_match import evaluate_examples, exact_match
+from orca_jax.eval.main import main as evaluate_main
+from orca_jax.model import params_io
+from orca_jax.model.config import ModelConfig
 
 BBH_DIR = SHARED_BENCHMARKS / "bbh"
 AGIEVAL_DIR = SHARED_BENCHMARKS / "agieval"
@@ -122,3 +133,66 @@ def test_unknown_tasks_and_benchmarks_are_named(tmp_path):
 ])
 def test_bbh_answer_format(task, question, targets, expected):
     assert bbh_answer_format(task, question, targets) == expected
+
+
+@pytest.fixture(scope="module")
+def saved_demo_model(tmp_path_factory):
+    """A tiny random model saved as a params directory, its tokenizer, demo data and a config file."""
+    root = tmp_path_factory.mktemp("cli")
+    paths = write_demo_data(root / "data", seed=5, stage1_rows=200, stage2_rows=100, eval_rows=10)
+    texts = [f"{r['system_prompt']}\n{r['question']}\n{r['response']}"
+             for r in map(json.loads, paths["stage2"].read_text().splitlines())]
+    tokenizer = Tokenizer.load(train_tokenizer(texts, root / "tok", vocab_size=400))
+    model_config = ModelConfig(vocab_size=tokenizer.vocab_size, embed_dim=32, mlp_dim=64, num_layers=1,
+                               num_heads=2, num_kv_heads=2, head_dim=16, max_seq_len=256, compute_dtype="float32")
+    params = params_io.abstract_params(model_config, parallel.make_mesh(devices=jax.devices()[:1]))
+    rng = np.random.default_rng(2)
+    params = jax.tree.map(lambda leaf: np.asarray(rng.normal(0.0, 0.3, leaf.shape), leaf.dtype), params)
+    params_io.save_params(root / "params", params, model_config)
+    config_file = root / "eval_config.py"
+    config_file.write_text(
+        "from ml_collections import ConfigDict\n\n\ndef get_config():\n    return ConfigDict({\n"
+        f"        'model': {dataclasses.asdict(model_config)!r},\n"
+        "        'mesh': {'data': -1, 'fsdp': 1, 'tensor': 1},\n"
+        f"        'data': {{'tokenizer': {str(tokenizer.path)!r}, 'template': 'orca'}},\n"
+        f"        'demo': {{'data_dir': {str(root / 'data')!r}, 'max_new_tokens': 10}},\n"
+        "    })\n")
+    return root, config_file, tokenizer, model_config, params
+
+
+def test_evaluate_cli_prints_a_table_and_saves_every_response(saved_demo_model, tmp_path, capsys):
+    root, config_file, tokenizer, model_config, params = saved_demo_model
+    bench = tmp_path / "benchmarks"
+    (bench / "bbh").mkdir(parents=True)
+    for task, target in (("navigate", "Yes"), ("object_counting", "4")):
+        rows = [{"input": f"Question {i} about {task}?", "target": target} for i in range(3)]
+        (bench / "bbh" / f"{task}.json").write_text(json.dumps({"examples": rows}))
+
+    common = ["--config", str(config_file), "--params", str(root / "params"), "--batch_size", "3"]
+    assert evaluate_main([*common, "--benchmark", "bbh", "--benchmarks_dir", str(bench), "--limit", "2",
+                          "--max_new_tokens", "10", "--output", str(tmp_path / "bbh.json")]) == 0
+    table, summary = capsys.readouterr().out.strip().rsplit("\n", 1)
+    assert re.search(r"^navigate\s+2\s+\d+\.\d%$", table, re.MULTILINE)
+    assert re.search(r"^object_counting\s+2\s+", table, re.MULTILINE)
+    assert json.loads(summary)["n"] == 4 and "examples" not in json.loads(summary)
+
+    # The saved responses are what the in-memory parameters give on the same prompts and mesh.
+    saved = json.loads((tmp_path / "bbh.json").read_text())
+    mesh = parallel.mesh_from_config(load_config(str(config_file)).mesh)
+    examples = read_benchmark("bbh", bench, limit=2)
+    shardings = jax.tree.map(lambda leaf: leaf.sharding, params_io.abstract_params(model_config, mesh))
+    direct = evaluate_examples(jax.device_put(params, shardings), model_config, tokenizer, "orca", examples,
+                               max_new_tokens=10, batch_size=3, mesh=mesh)
+    assert [row["response"] for row in saved["examples"]] == [row["response"] for row in direct["examples"]]
+
+    assert evaluate_main([*common, "--limit", "4"]) == 0  # demo questions, paths from the config
+    assert json.loads(capsys.readouterr().out.strip().rsplit("\n", 1)[1])["n"] == 4
+
+
+def test_evaluate_cli_reports_bad_input_in_one_line(saved_demo_model, capsys):
+    root, config_file, *_ = saved_demo_model
+    assert evaluate_main(["--config", str(config_file), "--params", str(root / "params"),
+                          "--benchmark", "agieval"]) == 1
+    assert capsys.readouterr().err.strip() == "orca-jax evaluate: --benchmarks_dir is required for --benchmark agieval"
+    assert evaluate_main(["--config", str(config_file), "--params", str(root / "nowhere")]) == 1
+    assert "nowhere/params does not exist" in capsys.readouterr().err
