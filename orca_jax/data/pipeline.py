@@ -82,7 +82,16 @@ class _Window:
 class ProcessBatches:
     """One process's share of the data as NumPy local batches, resumable via get_state/set_state.
 
-    `process_index`/`process_count` are explicit so tests can simulate several processes in one.
+    seq_len            tokens per row (2048 for the real configs)
+    local_batch_size   rows per batch from this process (global batch / process count)
+    seed               shuffling seed; each epoch gets its own permutation derived from it
+    num_epochs         passes over the source; None repeats forever (the loop counts steps)
+    process_index/count  which round-robin share to read; explicit so tests can simulate processes
+    shuffle            False reads in source order (validation)
+    overflow           'truncate_response' or 'drop' for examples longer than a row (packing.py)
+    pack_window        examples per best-fit packing window
+    read_threads       grain threads that tokenize and pack windows ahead (0: in the caller's thread)
+    prefetch_windows   packed windows kept ready ahead of the consumer
     """
 
     def __init__(self, source: RecordSource, tokenizer: Tokenizer, template: str | Template, *,
@@ -211,8 +220,9 @@ class TrainBatches:
     """Global batches for the train loop: dicts of [global_batch_size, seq_len] jax.Arrays sharded by
     `parallel.batch_sharding(mesh)` (docs/contracts.md), one process's rows per process.
 
-    `stats` describes this process's part of the latest batch; `epoch` is the epoch being read;
-    `get_state()`/`set_state()` are this process's position (see ProcessBatches).
+    Arguments as for ProcessBatches, with the batch counted globally. `stats` describes this process's
+    part of the latest batch; `epoch` is the epoch of its latest example; `get_state()`/`set_state()`
+    are this process's position, to be saved per process with the checkpoint.
     """
 
     def __init__(self, source: RecordSource, tokenizer: Tokenizer, template: str | Template, *,
@@ -227,9 +237,10 @@ class TrainBatches:
                 f"global_batch_size {global_batch_size} does not split over {process_count} processes")
         self._global_shape = (global_batch_size, seq_len)
         self._local = ProcessBatches(
-            source, tokenizer, template, seq_len=seq_len, local_batch_size=global_batch_size // process_count,
-            seed=seed, num_epochs=num_epochs, process_index=jax.process_index(), process_count=process_count,
-            shuffle=shuffle, overflow=overflow, pack_window=pack_window, read_threads=read_threads,
+            source, tokenizer, template, seq_len=seq_len,
+            local_batch_size=global_batch_size // process_count, seed=seed, num_epochs=num_epochs,
+            process_index=jax.process_index(), process_count=process_count, shuffle=shuffle,
+            overflow=overflow, pack_window=pack_window, read_threads=read_threads,
             prefetch_windows=prefetch_windows)
         # Only a finite stream can end, and only with several processes can it end unevenly.
         self._processes_must_agree = num_epochs is not None and process_count > 1
