@@ -14,6 +14,7 @@ import shutil
 
 import jax
 import jax.numpy as jnp
+import ml_dtypes
 import numpy as np
 import pytest
 import torch
@@ -26,6 +27,7 @@ from orca_jax.model import convert, params_io
 from orca_jax.model.config import ModelConfig
 from orca_jax.model.hf_checkpoint import HfCheckpoint
 from orca_jax.model.llama import Llama
+from orca_jax.model.meta_checkpoint import MetaCheckpoint
 from orca_jax.model.weight_layout import ConversionError
 
 VOCAB, HIDDEN, MLP, LAYERS, HEADS, KV_HEADS = 128, 64, 96, 2, 4, 2
@@ -132,6 +134,16 @@ def test_bf16_import_keeps_bf16_and_matches_rounded_model(hf_bf16, tmp_path):
     # (model.float() would not do: its rotary frequencies were already rounded to bf16).
     reference = transformers.LlamaForCausalLM.from_pretrained(directory, dtype=torch.float32).eval()
     _assert_close(_our_logits(out), _hf_logits(reference))
+
+
+def test_dtype_flag_casts_storage(hf_fp32_dir, tmp_path):
+    out = tmp_path / "ours"
+    assert convert.main(["import", "--hf_dir", str(hf_fp32_dir), "--out", str(out), "--dtype", "bfloat16"]) == 0
+    stored = params_io.restore_params(out)
+    query = _read_all(hf_fp32_dir)["model.layers.1.self_attn.q_proj.weight"]
+    expected = query.T.reshape(HIDDEN, HEADS, HEAD_DIM).astype(ml_dtypes.bfloat16)
+    assert stored["layers"]["attention"]["query"].dtype.name == "bfloat16"
+    np.testing.assert_array_equal(stored["layers"]["attention"]["query"][1], expected)
 
 
 def test_export_round_trips_every_tensor_and_loads_in_transformers(hf_model, hf_fp32_dir, imported_fp32,
@@ -347,4 +359,4 @@ def test_meta_missing_tensor_in_one_rank_names_file_and_tensor(meta_dir, tmp_pat
     del shard["layers.1.attention.wk.weight"]
     torch.save(shard, rank_path)
     with pytest.raises(ConversionError, match=f"{rank_path}: tensor layers.1.attention.wk.weight is missing"):
-        convert.import_checkpoint(convert.MetaCheckpoint(directory), tmp_path / "out")
+        convert.import_checkpoint(MetaCheckpoint(directory), tmp_path / "out")
