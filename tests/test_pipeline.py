@@ -23,6 +23,7 @@ from synthetic_text import records, trained_tokenizer
 
 SEQ_LEN = 128
 NUM_RECORDS = 150
+SAVE_AFTER = 5  # batches before the two-process test saves its data state
 
 
 @pytest.fixture(scope="module")
@@ -153,7 +154,29 @@ def test_train_batches_are_sharded_global_arrays(source, tokenizer):
             np.testing.assert_array_equal(np.asarray(array), expected.arrays[name])
         assert batches.stats == expected.stats
     assert count > 1 and batches.epoch == 0
-    json.dumps(batches.get_state())
+
+
+def test_train_batches_resume_from_their_state(source, tokenizer):
+    mesh = parallel.make_mesh()
+
+    def global_batches():
+        return TrainBatches(source, tokenizer, "orca", seq_len=SEQ_LEN, global_batch_size=8, seed=3,
+                            num_epochs=2, mesh=mesh, pack_window=16)
+
+    uninterrupted = [{k: np.asarray(v) for k, v in batch.items()} for batch in global_batches()]
+    interrupted = global_batches()
+    for _ in range(SAVE_AFTER):
+        next(interrupted)
+    state = json.loads(json.dumps(interrupted.get_state()))
+    resumed = global_batches()
+    resumed.set_state(state)
+    remaining = [{k: np.asarray(v) for k, v in batch.items()} for batch in resumed]
+    assert len(remaining) == len(uninterrupted) - SAVE_AFTER
+    for got, want in zip(remaining, uninterrupted[SAVE_AFTER:]):
+        for name in ROW_FIELDS:
+            np.testing.assert_array_equal(got[name], want[name])
+    with pytest.raises(ValueError, match="saved by 2 processes"):
+        global_batches().set_state({"processes": state["processes"] * 2})
 
 
 def test_validation_is_one_deterministic_padded_pass(source, tokenizer):
@@ -218,34 +241,54 @@ def test_reads_tfds_array_record_shards(tmp_path, source, tokenizer):
 
 
 def two_process_worker(process_id: int, port: int, tokenizer_path: str, out_path: str) -> None:
-    """One of two real JAX processes (4 CPU devices each) reading TrainBatches over a global mesh."""
+    """One of two real JAX processes (4 CPU devices each) reading TrainBatches over a global mesh,
+    saving the data state after SAVE_AFTER batches and resuming from it in a fresh iterator."""
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(f"localhost:{port}", num_processes=2, process_id=process_id)
     tokenizer = Tokenizer.load(tokenizer_path)
     source = records(NUM_RECORDS, seed=11, max_response_words=60)
     options = dict(seq_len=SEQ_LEN, seed=7, num_epochs=1, pack_window=16)
-    batches = TrainBatches(source, tokenizer, "orca", global_batch_size=8, mesh=parallel.make_mesh(),
-                           **options)
-    alone = list(ProcessBatches(source, tokenizer, "orca", local_batch_size=4, process_index=process_id,
-                                process_count=2, **options))
-    matches = []
-    for step, batch in enumerate(batches):
+
+    def global_batches():
+        return TrainBatches(source, tokenizer, "orca", global_batch_size=8, mesh=parallel.make_mesh(),
+                            **options)
+
+    def local_part(batch):
+        parts = {}
         for name, array in batch.items():
             shards_in_order = sorted(array.addressable_shards, key=lambda shard: shard.index[0].start)
-            local = np.concatenate([np.asarray(shard.data) for shard in shards_in_order])
-            if step < len(alone):
-                expected = alone[step].arrays[name]
-            else:  # this process ran out: padding rows, pad ids as inputs, zeros elsewhere
-                expected = np.full((4, SEQ_LEN), tokenizer.pad_id if name == "inputs" else 0)
-            matches.append(bool(np.array_equal(local, expected)))
-    pathlib.Path(out_path).write_text(json.dumps(
-        {"steps": step + 1, "local_batches": len(alone), "all_match": all(matches)}))
+            parts[name] = np.concatenate([np.asarray(shard.data) for shard in shards_in_order])
+        return parts
+
+    alone = [batch.arrays for batch in ProcessBatches(
+        source, tokenizer, "orca", local_batch_size=4, process_index=process_id, process_count=2, **options)]
+    # Once this process has run out: padding rows, pad ids as inputs, zeros elsewhere.
+    padding = {name: np.full((4, SEQ_LEN), tokenizer.pad_id if name == "inputs" else 0)
+               for name in ROW_FIELDS}
+    batches, seen, state = global_batches(), [], None
+    for step, batch in enumerate(batches):
+        seen.append(local_part(batch))
+        if step + 1 == SAVE_AFTER:
+            state = batches.get_state()
+    resumed = global_batches()
+    resumed.set_state(json.loads(json.dumps(state)))
+    seen_after_resume = [local_part(batch) for batch in resumed]
+
+    def same(got, want):
+        return len(got) == len(want) and all(np.array_equal(g[name], w[name])
+                                             for g, w in zip(got, want) for name in ROW_FIELDS)
+
+    expected = alone + [padding] * (len(seen) - len(alone))
+    pathlib.Path(out_path).write_text(json.dumps({
+        "steps": len(seen), "local_batches": len(alone), "all_match": same(seen, expected),
+        "resume_matches": same(seen_after_resume, seen[SAVE_AFTER:]), "state": state}))
 
 
 @pytest.mark.slow
-def test_two_real_processes_stay_in_lockstep(tmp_path, tokenizer):
-    """jax.distributed on CPU: each process's part of the global arrays is its own stream, and the
-    process that runs out first feeds padding until the other is done."""
+def test_two_real_processes_stay_in_lockstep_and_resume(tmp_path, tokenizer):
+    """jax.distributed on CPU: each process's part of the global arrays is its own stream, the process
+    that runs out first feeds padding until the other is done, and one saved state (the same on both
+    processes) resumes both."""
     with socket.socket() as probe:
         probe.bind(("localhost", 0))
         port = probe.getsockname()[1]
@@ -261,4 +304,6 @@ def test_two_real_processes_stay_in_lockstep(tmp_path, tokenizer):
     results = [json.loads((tmp_path / str(process_id)).read_text()) for process_id in range(2)]
     assert results[0]["steps"] == results[1]["steps"] == max(r["local_batches"] for r in results)
     assert results[0]["local_batches"] != results[1]["local_batches"], "no process ran out early"
-    assert all(r["all_match"] for r in results)
+    assert all(r["all_match"] and r["resume_matches"] for r in results)
+    assert results[0]["state"] == results[1]["state"]
+    assert [p["process_index"] for p in results[0]["state"]["processes"]] == [0, 1]

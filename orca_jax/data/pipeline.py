@@ -11,8 +11,10 @@ Layers, each deterministic given (seed, process_index, process_count):
   4. ProcessBatches cuts the rows into local batches; TrainBatches turns them into global arrays with
      `jax.make_array_from_process_local_data(parallel.batch_sharding(mesh), ...)`.
 
-Resuming: a window is a pure function of its index, so the state is just "which window, how many of
-its rows are consumed" (a small JSON dict). It is per process: every process saves and restores its own.
+Resuming: a window is a pure function of its index, so a process's position is just "which window,
+how many of its rows are consumed" (a small JSON dict). TrainBatches gathers every process's position
+into one state, identical on all processes, so a checkpoint written by the primary host alone (as
+orbax's JsonSave does) restores every process.
 
 With finite epochs, processes may run out at different steps because packing is data dependent. The
 processes agree (one tiny all-gather per step) to go on while any has data; the ones that ran out feed
@@ -22,6 +24,7 @@ all-padding rows, whose loss weights are zero, so no example is lost or repeated
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Sequence
 from typing import Any, Protocol
 
@@ -221,8 +224,7 @@ class TrainBatches:
     `parallel.batch_sharding(mesh)` (docs/contracts.md), one process's rows per process.
 
     Arguments as for ProcessBatches, with the batch counted globally. `stats` describes this process's
-    part of the latest batch; `epoch` is the epoch of its latest example; `get_state()`/`set_state()`
-    are this process's position, to be saved per process with the checkpoint.
+    part of the latest batch; `epoch` is the epoch of its latest example.
     """
 
     def __init__(self, source: RecordSource, tokenizer: Tokenizer, template: str | Template, *,
@@ -272,10 +274,28 @@ class TrainBatches:
                 for name, array in arrays.items()}
 
     def get_state(self) -> dict[str, Any]:
-        return self._local.get_state()
+        """Every process's position, the same JSON dict on all processes. With several processes this
+        is a collective: all must call it at the same step, as they do when saving a checkpoint."""
+        return {"processes": _gather_json(self._local.get_state())}
 
     def set_state(self, state: dict[str, Any]) -> None:
-        self._local.set_state(state)
+        positions = state["processes"]
+        if len(positions) != jax.process_count():
+            raise ValueError(f"data state was saved by {len(positions)} processes; "
+                             f"this run has {jax.process_count()}")
+        self._local.set_state(positions[jax.process_index()])
+
+
+def _gather_json(value: Any) -> list[Any]:
+    """Every process's JSON-serializable `value`, in process order, on every process."""
+    if jax.process_count() == 1:
+        return [value]
+    encoded = np.frombuffer(json.dumps(value).encode(), np.uint8)
+    lengths = multihost_utils.process_allgather(np.int32(len(encoded)))
+    padded = np.zeros(int(lengths.max()), np.uint8)
+    padded[:len(encoded)] = encoded
+    gathered = multihost_utils.process_allgather(padded)
+    return [json.loads(bytes(row[:length])) for row, length in zip(gathered, lengths)]
 
 
 def validation_batches(source: RecordSource, tokenizer: Tokenizer, template: str | Template, *,
