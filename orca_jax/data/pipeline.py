@@ -7,7 +7,8 @@ Layers, each deterministic given (seed, process_index, process_count):
      every example is read exactly once per epoch by exactly one process.
   3. Consecutive `pack_window` records of the process's stream form a window, tokenized and packed by
      best-fit decreasing (packing.py). Windows are a grain MapDataset too, prefetched in threads
-     (sentencepiece and NumPy work outside the GIL).
+     (sentencepiece and NumPy work outside the GIL). A window may span the end of one epoch and the
+     start of the next, so no epoch ends in a half-empty window; each example keeps its own epoch.
   4. ProcessBatches cuts the rows into local batches; TrainBatches turns them into global arrays with
      `jax.make_array_from_process_local_data(parallel.batch_sharding(mesh), ...)`.
 
