@@ -90,6 +90,7 @@ def _cudnn_attention(query, key, value, segment_ids):
 
 
 def _splash_attention(query, key, value, segment_ids):
+    # Imported here: Pallas' TPU ops take seconds to import and only the splash path needs them.
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as splash
 
     length, head_dim = query.shape[1], query.shape[3]
