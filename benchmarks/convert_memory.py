@@ -6,9 +6,10 @@
 Writes a random bfloat16 LLaMA as Hugging Face safetensors shards directly with NumPy, through the
 exporter's shard writer (one shard in memory at a time; transformers is never imported, to save memory
 and time), then runs, each in its own subprocess, (1) a process that only imports the converter,
-(2) the import to our params directory, (3) the export back to HF safetensors. The peak resident set size of each child comes from `os.wait4`,
-so the three are measured separately. The defaults make a 1.34B-parameter model (2.7 GB), which fits
-a shared 24 GiB machine; a 13B checkpoint (26 GB) scales the same way. Prints a table, then one JSON line.
+(2) the import to our params directory, (3) the export back to HF safetensors. The peak resident set
+size of each child comes from `os.wait4`, so the three are measured separately. The defaults make a
+1.35B-parameter model (2.5 GiB), which fits a shared 24 GiB machine; a 13B checkpoint (26 GB) scales
+the same way. Prints a table, then one JSON line.
 """
 
 from __future__ import annotations
@@ -90,18 +91,22 @@ def main() -> None:
         hf_dir, params_dir, export_dir = workdir / "hf", workdir / "params", workdir / "export"
         hf_dir.mkdir()
         start = time.perf_counter()
-        config_fields = dict(vocab_size=args.vocab, embed_dim=args.embed, mlp_dim=args.mlp, num_layers=args.layers,
-                             num_heads=args.heads, num_kv_heads=args.kv_heads, head_dim=args.embed // args.heads)
-        with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-            checkpoint_bytes = pool.submit(write_random_checkpoint, hf_dir, config_fields, args.shard_mb).result()
-        print(f"wrote {checkpoint_bytes / 2**30:.2f} GiB of random bf16 in {time.perf_counter() - start:.0f} s",
+        config_fields = dict(vocab_size=args.vocab, embed_dim=args.embed, mlp_dim=args.mlp,
+                             num_layers=args.layers, num_heads=args.heads, num_kv_heads=args.kv_heads,
+                             head_dim=args.embed // args.heads)
+        spawn = multiprocessing.get_context("spawn")
+        with concurrent.futures.ProcessPoolExecutor(1, mp_context=spawn) as pool:
+            checkpoint_bytes = pool.submit(write_random_checkpoint, hf_dir, config_fields,
+                                           args.shard_mb).result()
+        seconds = time.perf_counter() - start
+        print(f"wrote {checkpoint_bytes / 2**30:.2f} GiB of random bf16 in {seconds:.0f} s",
               file=sys.stderr)
         converter = [sys.executable, "-m", "orca_jax.cli", "convert-weights"]
         steps = {
             "imports only": [sys.executable, "-c", "import orca_jax.model.convert"],
             "import HF -> params": converter + ["import", "--hf_dir", str(hf_dir), "--out", str(params_dir)],
-            "export params -> HF": converter + ["export", "--params", str(params_dir), "--out", str(export_dir),
-                                                "--max_shard_mb", str(args.shard_mb)],
+            "export params -> HF": converter + ["export", "--params", str(params_dir), "--out",
+                                                str(export_dir), "--max_shard_mb", str(args.shard_mb)],
         }
         checkpoint_gib = checkpoint_bytes / 2**30
         results = {"checkpoint_gib": round(checkpoint_gib, 3), "parameters": checkpoint_bytes // 2,

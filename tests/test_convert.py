@@ -45,7 +45,8 @@ def _hf_model() -> transformers.LlamaForCausalLM:
     model = transformers.LlamaForCausalLM(config).eval()
     with torch.no_grad():  # HF initialises norms to ones, which would hide a swapped norm
         for name, param in model.named_parameters():
-            param.copy_(1.0 + 0.1 * torch.randn_like(param) if "norm" in name else 0.1 * torch.randn_like(param))
+            noise = 0.1 * torch.randn_like(param)
+            param.copy_(1.0 + noise if "norm" in name else noise)
     return model
 
 
@@ -69,10 +70,10 @@ def _forward_f32(params, tokens):
     return Llama(config).apply({"params": params}, tokens, positions, jnp.ones_like(tokens))
 
 
-def _our_config(vocab_size: int = VOCAB) -> ModelConfig:
-    return ModelConfig(vocab_size=vocab_size, embed_dim=HIDDEN, mlp_dim=MLP, num_layers=LAYERS, num_heads=HEADS,
-                       num_kv_heads=KV_HEADS, head_dim=HEAD_DIM, rope_theta=ROPE_THETA, norm_eps=NORM_EPS,
-                       max_seq_len=CONTEXT, param_dtype="float32", compute_dtype="float32")
+def _our_config() -> ModelConfig:
+    return ModelConfig(vocab_size=VOCAB, embed_dim=HIDDEN, mlp_dim=MLP, num_layers=LAYERS,
+                       num_heads=HEADS, num_kv_heads=KV_HEADS, head_dim=HEAD_DIM, rope_theta=ROPE_THETA,
+                       norm_eps=NORM_EPS, max_seq_len=CONTEXT, param_dtype="float32", compute_dtype="float32")
 
 
 def _our_logits(params_dir: pathlib.Path) -> np.ndarray:
@@ -138,7 +139,8 @@ def test_bf16_import_keeps_bf16_and_matches_rounded_model(hf_bf16, tmp_path):
 
 def test_dtype_flag_casts_storage(hf_fp32_dir, tmp_path):
     out = tmp_path / "ours"
-    assert convert.main(["import", "--hf_dir", str(hf_fp32_dir), "--out", str(out), "--dtype", "bfloat16"]) == 0
+    assert convert.main(["import", "--hf_dir", str(hf_fp32_dir), "--out", str(out),
+                         "--dtype", "bfloat16"]) == 0
     stored = params_io.restore_params(out)
     query = _read_all(hf_fp32_dir)["model.layers.1.self_attn.q_proj.weight"]
     expected = query.T.reshape(HIDDEN, HEADS, HEAD_DIM).astype(ml_dtypes.bfloat16)
@@ -175,13 +177,14 @@ def test_bf16_export_is_bit_identical(hf_bf16, tmp_path):
 
 def test_vocab_resize_appends_mean_rows_and_export_drops_them(hf_fp32_dir, tmp_path):
     out = tmp_path / "ours"
-    assert convert.main(["import", "--hf_dir", str(hf_fp32_dir), "--out", str(out), "--vocab_size", "130"]) == 0
-    assert params_io.load_model_config(out).vocab_size == 130
+    assert convert.main(["import", "--hf_dir", str(hf_fp32_dir), "--out", str(out),
+                         "--vocab_size", str(VOCAB + 2)]) == 0
+    assert params_io.load_model_config(out).vocab_size == VOCAB + 2
     params = params_io.restore_params(out)
     original = _read_all(hf_fp32_dir)
     embedding, lm_head = original["model.embed_tokens.weight"], original["lm_head.weight"]
     ours_embedding, ours_head = params["embedder"]["embedding"], params["lm_head"]["kernel"]
-    assert ours_embedding.shape == (130, HIDDEN) and ours_head.shape == (HIDDEN, 130)
+    assert ours_embedding.shape == (VOCAB + 2, HIDDEN) and ours_head.shape == (HIDDEN, VOCAB + 2)
     np.testing.assert_array_equal(ours_embedding[:VOCAB], embedding)
     np.testing.assert_array_equal(ours_head[:, :VOCAB], lm_head.T)
     for new_token in (VOCAB, VOCAB + 1):
@@ -246,7 +249,8 @@ def _meta_reference_logits(weights: dict[str, np.ndarray], tokens: np.ndarray) -
         length, positions = len(row), np.arange(len(row))
         x = weights["tok_embeddings.weight"][row]
         for layer in range(LAYERS):
-            w = {k.split(f"layers.{layer}.")[1]: v for k, v in weights.items() if k.startswith(f"layers.{layer}.")}
+            prefix = f"layers.{layer}."
+            w = {name[len(prefix):]: value for name, value in weights.items() if name.startswith(prefix)}
             h = norm(x, w["attention_norm.weight"])
             q = rotate((h @ w["attention.wq.weight"].T).reshape(length, HEADS, HEAD_DIM), positions)
             k = rotate((h @ w["attention.wk.weight"].T).reshape(length, KV_HEADS, HEAD_DIM), positions)
@@ -259,8 +263,8 @@ def _meta_reference_logits(weights: dict[str, np.ndarray], tokens: np.ndarray) -
             attended = np.einsum("hqk,khd->qhd", probs, v).reshape(length, HEADS * HEAD_DIM)
             x = x + attended @ w["attention.wo.weight"].T
             h = norm(x, w["ffn_norm.weight"])
-            gate = h @ w["feed_forward.w1.weight"].T
-            x = x + (gate / (1 + np.exp(-gate)) * (h @ w["feed_forward.w3.weight"].T)) @ w["feed_forward.w2.weight"].T
+            gate, up = h @ w["feed_forward.w1.weight"].T, h @ w["feed_forward.w3.weight"].T
+            x = x + (gate / (1 + np.exp(-gate)) * up) @ w["feed_forward.w2.weight"].T
         outputs.append(norm(x, weights["norm.weight"]) @ weights["output.weight"].T)
     return np.stack(outputs)
 
@@ -321,7 +325,8 @@ def test_missing_tensor_names_file_and_tensor(hf_copy, tmp_path, capsys):
 
 def test_wrong_shape_names_file_tensor_and_shapes(hf_copy, tmp_path):
     name = "model.layers.0.self_attn.k_proj.weight"
-    path = _rewrite_shard(hf_copy, name, lambda tensors: tensors.update({name: tensors[name][:, :HIDDEN - 1].copy()}))
+    path = _rewrite_shard(hf_copy, name,
+                          lambda tensors: tensors.update({name: tensors[name][:, :HIDDEN - 1].copy()}))
     with pytest.raises(ConversionError) as error:
         convert.import_checkpoint(HfCheckpoint(hf_copy), tmp_path / "out")
     assert str(path) in str(error.value) and name in str(error.value)

@@ -69,5 +69,6 @@ def test_errors_name_the_directory_and_parameter(saved, tmp_path):
 
     mesh = parallel.make_mesh(1, 1, 1, devices=jax.devices()[:1])
     wider = params_io.abstract_params(CONFIG.replace(mlp_dim=64), mesh)
-    with pytest.raises(params_io.ParamsIOError, match=r"\['layers'\]\['mlp'\]\['down'\] has shape \(2, 48, 32\)"):
+    with pytest.raises(params_io.ParamsIOError,
+                       match=r"\['layers'\]\['mlp'\]\['down'\] has shape \(2, 48, 32\)"):
         params_io.restore_params(directory, wider)

@@ -97,13 +97,15 @@ def build_params(source: SourceCheckpoint, vocab_size: int | None = None,
 def import_checkpoint(source: SourceCheckpoint, out_dir: str | pathlib.Path, vocab_size: int | None = None,
                       dtype: str | None = None) -> ModelConfig:
     """Convert `source` and save it with params_io under `out_dir`; returns the saved ModelConfig."""
+    params_io.check_not_saved(out_dir)
     params, config = build_params(source, vocab_size, dtype)
     params_io.save_params(out_dir, params, config)
     return config
 
 
 def export_hf(params_dir: str | pathlib.Path, out_dir: str | pathlib.Path, vocab_size: int | None = None,
-              dtype: str | None = None, max_shard_bytes: int = int(DEFAULT_MAX_SHARD_MB * 2**20)) -> list[str]:
+              dtype: str | None = None,
+              max_shard_bytes: int = int(DEFAULT_MAX_SHARD_MB * 2**20)) -> list[str]:
     """Write the params under `params_dir` as an HF LLaMA checkpoint that LlamaForCausalLM loads.
 
     vocab_size: keep only the first vocab_size tokens (e.g. 32000 to drop the added pad token).
@@ -143,7 +145,8 @@ def _parser() -> argparse.ArgumentParser:
     importer = commands.add_parser("import", help="HF or Meta checkpoint -> params directory")
     source = importer.add_mutually_exclusive_group(required=True)
     source.add_argument("--hf_dir", type=pathlib.Path, help="HF directory: config.json + *.safetensors")
-    source.add_argument("--meta_dir", type=pathlib.Path, help="Meta directory: params.json + consolidated.*.pth")
+    source.add_argument("--meta_dir", type=pathlib.Path,
+                        help="Meta directory: params.json + consolidated.*.pth")
     importer.add_argument("--out", type=pathlib.Path, required=True, help="params directory to create")
     importer.add_argument("--vocab_size", "--tokenizer_vocab", dest="vocab_size", type=int, default=None,
                           help="grow the vocabulary to the tokenizer's size (32001 = LLaMA + pad)")

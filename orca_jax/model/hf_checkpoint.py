@@ -49,12 +49,13 @@ def model_config_from_hf(hf_config: dict[str, Any], where: str) -> ModelConfig:
     """Our ModelConfig for an HF LlamaConfig dict; `where` (the file) prefixes every error."""
     if hf_config.get("model_type") != "llama":
         raise ConversionError(f"{where}: model_type {hf_config.get('model_type')!r} is not 'llama'")
+    rope_type = hf_config.get("rope_parameters", {}).get("rope_type", "default")
     unsupported = {
         "hidden_act": hf_config.get("hidden_act", "silu") != "silu",
         "attention_bias": bool(hf_config.get("attention_bias")),
         "mlp_bias": bool(hf_config.get("mlp_bias")),
         "rope_scaling": hf_config.get("rope_scaling") is not None,
-        "rope_parameters.rope_type": hf_config.get("rope_parameters", {}).get("rope_type", "default") != "default",
+        "rope_parameters.rope_type": rope_type != "default",
     }
     for field, is_unsupported in unsupported.items():
         if is_unsupported:
@@ -150,11 +151,13 @@ class HfCheckpoint:
 
     def _check_no_extra_tensors(self) -> None:
         """Fail on tensors we would silently drop, e.g. the biases of a variant we do not model."""
-        expected = {self._name(layout, layer) for layout, layer in checkpoint_order(self.model_config.num_layers)}
-        unexpected = sorted(name for name in set(self.weight_map) - expected if not name.endswith(IGNORED_SUFFIX))
+        num_layers = self.model_config.num_layers
+        expected = {self._name(layout, layer) for layout, layer in checkpoint_order(num_layers)}
+        unexpected = sorted(name for name in set(self.weight_map) - expected
+                            if not name.endswith(IGNORED_SUFFIX))
         if unexpected:
-            raise ConversionError(f"{self.dir}: tensors that are not part of a {self.model_config.num_layers}-layer "
-                                  f"LLaMA: {unexpected[:5]}")
+            raise ConversionError(f"{self.dir}: tensors that are not part of a {num_layers}-layer LLaMA: "
+                                  f"{unexpected[:5]}")
 
     def describe(self, layout: ParamLayout, layer: int | None) -> str:
         name = self._name(layout, layer)
@@ -196,7 +199,8 @@ def write_hf_config(out_dir: pathlib.Path, hf_config: dict[str, Any]) -> None:
     (out_dir / CONFIG_FILE).write_text(json.dumps(hf_config, indent=2) + "\n")
 
 
-def write_safetensors(out_dir: pathlib.Path, tensors: Sequence[TensorToWrite], max_shard_bytes: int) -> list[str]:
+def write_safetensors(out_dir: pathlib.Path, tensors: Sequence[TensorToWrite],
+                      max_shard_bytes: int) -> list[str]:
     """Write `tensors` into safetensors files of at most max_shard_bytes (a larger tensor gets its own).
 
     One shard is `model.safetensors`; several are `model-0000i-of-0000n.safetensors` with an index, as

@@ -43,13 +43,19 @@ def save_params(path: str | pathlib.Path, params: Any, model_config: ModelConfig
     Saving is synchronous: the caller may free or reuse the arrays as soon as this returns.
     """
     path = pathlib.Path(path).absolute()
-    if (path / PARAMS_SUBDIR).exists():
-        raise ParamsIOError(f"{path / PARAMS_SUBDIR} already exists; choose a new output directory")
+    check_not_saved(path)
     path.mkdir(parents=True, exist_ok=True)
     with ocp.Checkpointer(_saving_handler()) as checkpointer:
         checkpointer.save(path / PARAMS_SUBDIR, args=ocp.args.PyTreeSave(params))
     if model_config is not None:
         (path / CONFIG_FILE).write_text(json.dumps(dataclasses.asdict(model_config), indent=2) + "\n")
+
+
+def check_not_saved(path: str | pathlib.Path) -> None:
+    """Raise ParamsIOError if `path` already holds params (checked early by long conversions too)."""
+    params_dir = pathlib.Path(path).absolute() / PARAMS_SUBDIR
+    if params_dir.exists():
+        raise ParamsIOError(f"{params_dir} already exists; choose a new output directory")
 
 
 def _saving_handler() -> ocp.PyTreeCheckpointHandler:

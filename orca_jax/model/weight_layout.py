@@ -64,8 +64,8 @@ class ParamLayout:
     def check_torch_tensor(self, tensor: np.ndarray, config: ModelConfig, where: str) -> None:
         """Raise ConversionError naming `where` unless `tensor` is a float tensor of the torch shape."""
         if tuple(tensor.shape) != self.torch_shape(config):
-            raise ConversionError(f"{where}: shape {tuple(tensor.shape)}, expected {self.torch_shape(config)} "
-                                  f"for {self.key} of {config.num_layers} layers x {config.embed_dim} wide")
+            raise ConversionError(f"{where}: shape {tuple(tensor.shape)}, but the model's config wants "
+                                  f"{self.torch_shape(config)}")
         if np.dtype(tensor.dtype).name not in FLOAT_DTYPES:
             raise ConversionError(f"{where}: dtype {tensor.dtype} is not one of {FLOAT_DTYPES}")
 
