@@ -35,8 +35,8 @@ export XLA_PYTHON_CLIENT_MEM_FRACTION=0.92
 BENCH=(python3 benchmarks/model_step.py --config configs/llama_1b.py --steps 10 --warmup 2
        --out "$OUT_DIR/model_step.jsonl")
 
-echo "== 1.1B step: XLA vs cuDNN attention, one causal sequence per row"
-timeout 200 "${BENCH[@]}" --attention xla,cudnn 2>&1 | tee "$OUT_DIR/model_step_causal.txt" | grep -v "^W"
+echo "== 1.1B step: cuDNN vs XLA attention, one causal sequence per row"
+timeout 200 "${BENCH[@]}" --attention cudnn,xla 2>&1 | tee "$OUT_DIR/model_step_causal.txt" | grep -v "^W"
 echo "== 1.1B step: cuDNN with 4 packed examples per row (dense segment mask)"
 timeout 120 "${BENCH[@]}" --attention cudnn --segments 4 2>&1 | tee "$OUT_DIR/model_step_packed.txt" | grep -v "^W"
 echo "== 1.1B step: cuDNN, layer loop unrolled"

@@ -41,8 +41,6 @@ def default_peak_tflops(device: jax.Device) -> float | None:
 
 def synthetic_batch(vocab_size: int, batch_size: int, seq_len: int, segments: int, seed: int):
     """Random tokens; with segments > 0, each row holds `segments` equal-length packed examples."""
-    if segments < 0 or (segments and seq_len % segments):
-        raise ValueError(f"--segments {segments} must be 0 or divide seq_len={seq_len}")
     rng = np.random.default_rng(seed)
     tokens = rng.integers(0, vocab_size, size=(batch_size, seq_len + 1), dtype=np.int32)
     example_len = seq_len // max(segments, 1)
@@ -86,8 +84,7 @@ def run_one(model_config: ModelConfig, mesh, batch_size: int, seq_len: int, segm
         jax.block_until_ready(step(params, batch))
         first_step_s = time.perf_counter() - first_start
         for _ in range(warmup):
-            loss, grads = step(params, batch)
-        jax.block_until_ready(grads)
+            jax.block_until_ready(step(params, batch))
         start = time.perf_counter()
         for _ in range(steps):
             loss, grads = step(params, batch)
@@ -117,10 +114,14 @@ def run_one(model_config: ModelConfig, mesh, batch_size: int, seq_len: int, segm
 
 def format_table(results: list[dict]) -> str:
     header = f"{'attention':<10}{'segments':>9}{'step ms':>10}{'tokens/s':>11}{'TFLOP/step':>12}{'MFU':>8}"
-    rows = [header] + [
-        f"{r['attention']:<10}{r['segments']:>9}{r['step_ms']:>10.1f}{r['tokens_per_s']:>11}"
-        f"{r['model_tflop_per_step']:>12.2f}{'-' if r['mfu'] is None else format(r['mfu'], '.1%'):>8}"
-        for r in results]
+    rows = [header]
+    for r in results:
+        if "error" in r:
+            rows.append(f"{r['attention']:<10}{r['segments']:>9}  failed: {r['error'].splitlines()[0][:80]}")
+            continue
+        mfu = "-" if r["mfu"] is None else format(r["mfu"], ".1%")
+        rows.append(f"{r['attention']:<10}{r['segments']:>9}{r['step_ms']:>10.1f}{r['tokens_per_s']:>11}"
+                    f"{r['model_tflop_per_step']:>12.2f}{mfu:>8}")
     return "\n".join(rows)
 
 
@@ -138,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(rest)
     if args.steps < 1 or args.warmup < 0:
         parser.error("--steps must be >= 1 and --warmup >= 0")
+    if args.segments < 0 or (args.segments and config.seq_len % args.segments):
+        parser.error(f"--segments {args.segments} must be 0 or divide seq_len={config.seq_len}")
 
     try:
         mesh = parallel.mesh_from_config(config.mesh)
@@ -149,15 +152,19 @@ def main(argv: list[str] | None = None) -> int:
     peak = args.peak_tflops if args.peak_tflops is not None else default_peak_tflops(jax.devices()[0])
     results = []
     for model_config in model_configs:
-        result = run_one(model_config, mesh, config.batch_size, config.seq_len, args.segments,
-                         args.steps, args.warmup, peak)
+        try:
+            result = run_one(model_config, mesh, config.batch_size, config.seq_len, args.segments,
+                             args.steps, args.warmup, peak)
+        except Exception as err:  # noqa: BLE001 - one kernel failing (OOM, no cuDNN) must not hide the others
+            result = {"attention": model_config.attention, "segments": args.segments,
+                      "error": f"{type(err).__name__}: {err}"[:2000]}
         print(json.dumps(result), flush=True)
         results.append(result)
         if args.out is not None:
             with args.out.open("a") as out_file:
                 out_file.write(json.dumps(result) + "\n")
     print(format_table(results))
-    return 0
+    return 1 if any("error" in result for result in results) else 0
 
 
 if __name__ == "__main__":
