@@ -199,6 +199,19 @@ def test_vocab_resize_appends_mean_rows_and_export_drops_them(hf_fp32_dir, tmp_p
     assert json.loads((tmp_path / "hf" / "config.json").read_text())["vocab_size"] == VOCAB
 
 
+def test_tied_embeddings_fill_lm_head_from_the_embedding(tmp_path):
+    model = _hf_model()
+    model.config.tie_word_embeddings = True
+    model.tie_weights()
+    model.save_pretrained(tmp_path / "hf")
+    assert "lm_head.weight" not in _read_all(tmp_path / "hf")
+    assert convert.main(["import", "--hf_dir", str(tmp_path / "hf"), "--out", str(tmp_path / "ours")]) == 0
+    params = params_io.restore_params(tmp_path / "ours")
+    np.testing.assert_array_equal(params["lm_head"]["kernel"], params["embedder"]["embedding"].T)
+    embedding = model.model.embed_tokens.weight.detach().numpy()
+    np.testing.assert_array_equal(params["embedder"]["embedding"], embedding)
+
+
 # --- Meta's layout ---------------------------------------------------------------------------------
 
 META_RENAMES = {  # HF name suffix -> (Meta name suffix, dim the two ranks split, rotary rows)

@@ -72,3 +72,17 @@ def test_errors_name_the_directory_and_parameter(saved, tmp_path):
     with pytest.raises(params_io.ParamsIOError,
                        match=r"\['layers'\]\['mlp'\]\['down'\] has shape \(2, 48, 32\)"):
         params_io.restore_params(directory, wider)
+
+
+def test_sharded_jax_arrays_save_and_restore_onto_another_mesh(saved, tmp_path):
+    """Training saves device arrays, not host arrays: they go through orbax's jax.Array handler."""
+    directory, params = saved
+    fsdp_only = params_io.abstract_params(CONFIG, parallel.make_mesh(1, 8, 1), dtype="bfloat16")
+    on_devices = params_io.restore_params(directory, fsdp_only)
+    params_io.save_params(tmp_path / "resaved", on_devices)
+    mixed = params_io.abstract_params(CONFIG, parallel.make_mesh(2, 2, 2), dtype="bfloat16")
+    restored = params_io.restore_params(tmp_path / "resaved", mixed)
+    leaves = zip(jax.tree.leaves(params), jax.tree.leaves(restored), jax.tree.leaves(mixed))
+    for original, array, want in leaves:
+        assert array.sharding == want.sharding
+        assert np.array_equal(np.asarray(array).view(np.uint16), original.view(np.uint16))

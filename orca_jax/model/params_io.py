@@ -65,7 +65,7 @@ def _saving_handler() -> ocp.PyTreeCheckpointHandler:
     zstd over 26 GB costs minutes and its own buffers."""
     registry = ocp.type_handlers.create_type_handler_registry(
         (np.ndarray, ocp.type_handlers.NumpyHandler(deepcopy_host_arrays=False)),
-        (jax.Array, ocp.type_handlers.ArrayHandler()))
+        (jax.Array, ocp.type_handlers.get_type_handler(jax.Array)))
     return ocp.PyTreeCheckpointHandler(type_handler_registry=registry, use_compression=False)
 
 
