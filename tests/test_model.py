@@ -10,6 +10,7 @@ import pytest
 from flax import linen as nn
 from test_attention import numpy_attention
 
+from orca_jax import flops
 from orca_jax.config import load_config
 from orca_jax.model import Llama, ModelConfig, ModelConfigError
 from orca_jax.model.llama import RMSNorm, apply_rotary
@@ -178,3 +179,18 @@ def test_bad_model_configs_are_named():
     with pytest.raises(ValueError, match="max_seq_len"):
         tokens = jnp.zeros((1, TINY.max_seq_len + 1), jnp.int32)
         jax.eval_shape(Llama(TINY).init, jax.random.key(0), tokens, tokens)
+
+
+def test_flop_count_uses_the_real_matmul_parameters():
+    tokens, positions, segment_ids = packed_inputs()
+    shapes = jax.eval_shape(Llama(TINY).init, jax.random.key(0), tokens, positions, segment_ids)["params"]
+    shapes = nn.unbox(shapes)
+    # Every parameter except the gathered embedding table and the elementwise norm scales.
+    matmul_params = sum(np.prod(leaf.shape) for path, leaf in jax.tree_util.tree_flatten_with_path(shapes)[0]
+                        if not any(getattr(k, "key", "") in ("embedder", "scale") for k in path))
+    assert flops.matmul_param_count(TINY) == matmul_params
+    seq_len = 128
+    # QK^T and AV over seq_len keys, 2 FLOPs per multiply-add, x3 with the backward, halved by causality.
+    causal_attention = 2 * 2 * seq_len * TINY.num_heads * TINY.head_dim / 2 * 3 * TINY.num_layers
+    assert flops.train_flops_per_token(TINY, seq_len) == 6 * matmul_params + causal_attention
+    assert flops.train_flops_per_step(TINY, 4, seq_len) == 4 * seq_len * flops.train_flops_per_token(TINY, seq_len)
