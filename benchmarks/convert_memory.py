@@ -1,13 +1,14 @@
 """Peak host memory of `orca-jax convert-weights` relative to the checkpoint it converts.
 
-    python3 benchmarks/convert_memory.py [--layers 24 --embed 2048 --mlp 5504 --heads 16 --vocab 32000]
-                                         [--shard_mb 1000] [--workdir DIR] [--json out.json]
+    python3 benchmarks/convert_memory.py [--source hf|meta] [--shard_mb 1000] [--workdir DIR]
+        [--json out.json] [--layers 24 --embed 2048 --mlp 5504 --heads 16 --kv_heads 16 --vocab 32000]
 
 Writes a random bfloat16 LLaMA as Hugging Face safetensors shards directly with NumPy, through the
 exporter's shard writer (one shard in memory at a time; transformers is never imported, to save memory
-and time), then runs, each in its own subprocess, (1) a process that only imports the converter,
-(2) the import to our params directory, (3) the export back to HF safetensors. The peak resident set
-size of each child comes from `os.wait4`, so the three are measured separately. The defaults make a
+and time), or as Meta's two model-parallel .pth ranks with torch.save. Then runs, each in its own
+subprocess, processes that only import the converter (with and without torch), the import to our
+params directory, and the export back to HF safetensors. The peak resident set size of each child
+comes from `os.wait4`, so the steps are measured separately. The defaults make a
 1.35B-parameter model (2.5 GiB), which fits a shared 24 GiB machine; a 13B checkpoint (26 GB) scales
 the same way. Prints a table, then one JSON line.
 """
@@ -60,6 +61,35 @@ def write_random_checkpoint(directory: pathlib.Path, config_fields: dict, shard_
     return sum(2 * math.prod(tensor.shape) for tensor in tensors)
 
 
+def write_random_meta_checkpoint(directory: pathlib.Path, config_fields: dict, ranks: int = 2) -> int:
+    """A random bf16 Meta checkpoint (params.json + one consolidated.NN.pth per model-parallel rank).
+
+    Returns its size in bytes. Like write_random_checkpoint, meant to run in its own process.
+    """
+    import torch
+
+    from orca_jax.model.config import ModelConfig
+    from orca_jax.model.meta_checkpoint import META_NAMES
+    from orca_jax.model.weight_layout import checkpoint_order
+
+    config = ModelConfig(**config_fields)
+    generator = torch.Generator().manual_seed(0)
+    for rank in range(ranks):
+        state = {}
+        for layout, layer in checkpoint_order(config.num_layers):
+            template, split_dim, _ = META_NAMES[layout.key]
+            shape = list(layout.torch_shape(config))
+            if split_dim is not None:
+                shape[split_dim] //= ranks
+            state[template.format(layer=layer)] = (torch.randn(shape, generator=generator) * 0.02).bfloat16()
+        torch.save(state, directory / f"consolidated.{rank:02d}.pth")
+        del state
+    (directory / "params.json").write_text(json.dumps({
+        "dim": config.embed_dim, "n_layers": config.num_layers, "n_heads": config.num_heads,
+        "n_kv_heads": config.num_kv_heads, "norm_eps": config.norm_eps, "vocab_size": -1}))
+    return sum(2 * math.prod(layout.torch_shape(config)) for layout, _ in checkpoint_order(config.num_layers))
+
+
 def run_measured(command: list[str]) -> tuple[float, float]:
     """Run `command`; return (peak RSS in GiB, wall seconds). Fails loudly if the command fails."""
     env = dict(os.environ, JAX_PLATFORMS="cpu")
@@ -81,6 +111,8 @@ def main() -> None:
     parser.add_argument("--heads", type=int, default=16)
     parser.add_argument("--kv_heads", type=int, default=16)
     parser.add_argument("--vocab", type=int, default=32000)
+    parser.add_argument("--source", choices=("hf", "meta"), default="hf",
+                        help="checkpoint format to import: HF safetensors or Meta .pth (two ranks)")
     parser.add_argument("--shard_mb", type=float, default=1000, help="size of each HF safetensors shard")
     parser.add_argument("--workdir", type=pathlib.Path, default=None, help="default: a temporary directory")
     parser.add_argument("--json", type=pathlib.Path, default=None, help="also write the result here")
@@ -88,33 +120,42 @@ def main() -> None:
 
     workdir = pathlib.Path(tempfile.mkdtemp(prefix="convert_memory_", dir=args.workdir))
     try:
-        hf_dir, params_dir, export_dir = workdir / "hf", workdir / "params", workdir / "export"
-        hf_dir.mkdir()
+        source_dir, params_dir, export_dir = workdir / args.source, workdir / "params", workdir / "export"
+        source_dir.mkdir()
         start = time.perf_counter()
         config_fields = dict(vocab_size=args.vocab, embed_dim=args.embed, mlp_dim=args.mlp,
                              num_layers=args.layers, num_heads=args.heads, num_kv_heads=args.kv_heads,
                              head_dim=args.embed // args.heads)
         spawn = multiprocessing.get_context("spawn")
         with concurrent.futures.ProcessPoolExecutor(1, mp_context=spawn) as pool:
-            checkpoint_bytes = pool.submit(write_random_checkpoint, hf_dir, config_fields,
-                                           args.shard_mb).result()
+            if args.source == "hf":
+                job = pool.submit(write_random_checkpoint, source_dir, config_fields, args.shard_mb)
+            else:
+                job = pool.submit(write_random_meta_checkpoint, source_dir, config_fields)
+            checkpoint_bytes = job.result()
         seconds = time.perf_counter() - start
         print(f"wrote {checkpoint_bytes / 2**30:.2f} GiB of random bf16 in {seconds:.0f} s",
               file=sys.stderr)
         converter = [sys.executable, "-m", "orca_jax.cli", "convert-weights"]
-        steps = {
-            "imports only": [sys.executable, "-c", "import orca_jax.model.convert"],
-            "import HF -> params": converter + ["import", "--hf_dir", str(hf_dir), "--out", str(params_dir)],
-            "export params -> HF": converter + ["export", "--params", str(params_dir), "--out",
-                                                str(export_dir), "--max_shard_mb", str(args.shard_mb)],
-        }
+        import_only = "import orca_jax.model.convert"
+        # (name, command, the imports-only step whose fixed cost (0.2-0.4 GiB) it also pays); the
+        # Meta reader imports torch on top of the converter's JAX.
+        steps = [
+            ("imports only", [sys.executable, "-c", import_only], None),
+            ("imports + torch", [sys.executable, "-c", import_only + ", torch"], None),
+            (f"import {args.source} -> params",
+             converter + ["import", f"--{args.source}_dir", str(source_dir), "--out", str(params_dir)],
+             "imports + torch" if args.source == "meta" else "imports only"),
+            ("export params -> HF", converter + ["export", "--params", str(params_dir), "--out",
+                                                 str(export_dir), "--max_shard_mb", str(args.shard_mb)],
+             "imports only"),
+        ]
         checkpoint_gib = checkpoint_bytes / 2**30
-        results = {"checkpoint_gib": round(checkpoint_gib, 3), "parameters": checkpoint_bytes // 2,
-                   "shard_mb": args.shard_mb, "steps": {}}
-        for name, command in steps.items():
+        results = {"source": args.source, "checkpoint_gib": round(checkpoint_gib, 3),
+                   "parameters": checkpoint_bytes // 2, "shard_mb": args.shard_mb, "steps": {}}
+        for name, command, baseline in steps:
             peak_gib, seconds = run_measured(command)
-            baseline_gib = results["steps"].get("imports only", {}).get("peak_rss_gib", peak_gib)
-            # Python + JAX + torch-free imports cost a fixed ~0.2 GiB, negligible at 13B but not here.
+            baseline_gib = results["steps"][baseline]["peak_rss_gib"] if baseline else peak_gib
             results["steps"][name] = {"peak_rss_gib": round(peak_gib, 3), "seconds": round(seconds, 1),
                                       "peak_over_checkpoint": round(peak_gib / checkpoint_gib, 3),
                                       "above_imports_over_checkpoint":
@@ -122,8 +163,8 @@ def main() -> None:
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
-    print(f"\ncheckpoint: {results['parameters'] / 1e9:.2f}B parameters, {checkpoint_gib:.2f} GiB bf16, "
-          f"shards of {args.shard_mb:.0f} MB")
+    print(f"\n{args.source} checkpoint: {results['parameters'] / 1e9:.2f}B parameters, "
+          f"{checkpoint_gib:.2f} GiB bf16, HF shards of {args.shard_mb:.0f} MB")
     print(f"{'step':<22} {'peak RSS GiB':>12} {'x checkpoint':>12} {'(- imports)':>12} {'seconds':>8}")
     for name, step in results["steps"].items():
         print(f"{name:<22} {step['peak_rss_gib']:>12.2f} {step['peak_over_checkpoint']:>12.2f} "
