@@ -24,9 +24,8 @@ _ANSWER_LABEL = re.compile(r"answer\s*:", re.IGNORECASE)
 # "the answer is 3.5." -> "3.5": a period ends the answer only when a space or the line end follows.
 _THE_ANSWER_IS = re.compile(r"\bthe (?:final |correct )?answer is:?[ \t]*([^\n]*?)[ \t]*(?:\.(?=\s|$)|$)",
                             re.IGNORECASE | re.MULTILINE)
-_OPTION_MENTION = re.compile(r"\(([A-Za-z])\)")
-# A gold answer that names a multiple-choice option, as BBH writes them (benchmarks.py gives AGIEval's too).
-_OPTION_GOLD = re.compile(r"\(([A-Za-z])\)")
+# A multiple-choice option as BBH names it; benchmarks.py writes AGIEval's golds the same way.
+_OPTION = re.compile(r"\(([A-Za-z])\)")
 # A prediction that starts by naming an option, "(b)" or "(b) frankenstein" once normalized.
 _LEADING_OPTION = re.compile(r"\(([a-z])\)(?:\s|$)|([a-z])$")
 
@@ -59,7 +58,7 @@ def extract_answer(text: str) -> str:
     statements = _THE_ANSWER_IS.findall(text)
     if statements:
         return statements[-1].strip()
-    options = _OPTION_MENTION.findall(text)
+    options = _OPTION.findall(text)
     if options:
         return f"({options[-1]})"
     lines = [line.strip() for line in text.splitlines() if line.strip()]
@@ -80,7 +79,7 @@ def exact_match(prediction: str, gold: str) -> bool:
     repeats the option's text ("B", "(B)", "(B) Frankenstein"); otherwise the normalized strings must
     match.
     """
-    gold_option = _OPTION_GOLD.fullmatch(gold.strip())
+    gold_option = _OPTION.fullmatch(gold.strip())
     if gold_option:
         named = _LEADING_OPTION.match(normalize(prediction))
         return named is not None and (named.group(1) or named.group(2)) == gold_option.group(1).lower()
