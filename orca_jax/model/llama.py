@@ -2,8 +2,8 @@
 
 Every parameter and main activation carries logical axis names ('embed', 'heads', ...); which device
 holds what is decided by the rules in orca_jax.parallel, never here. Parameters are stored in
-`param_dtype` and cast to `compute_dtype` where they enter a matmul; norms, softmax and the logits are
-float32. The layer stack is an `nn.scan`, so each layer parameter has a leading 'layers' axis.
+`param_dtype` and cast to `compute_dtype` where they enter a matmul; norms and softmax compute in
+float32, and the logits are returned as float32. The layer stack is an `nn.scan`, so each layer parameter has a leading 'layers' axis.
 """
 
 from __future__ import annotations
@@ -25,16 +25,16 @@ DEFAULT_INIT = nn.initializers.normal(stddev=0.02)
 
 # 'save_dots' keeps the weight matmuls' outputs and recomputes the cheap elementwise work and the
 # attention (its dots have batch dimensions, so they are not saved).
-REMAT_POLICIES = {
+CHECKPOINT_POLICIES = {
     "full": None,
     "save_dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
 }
 
 
 def _weight(module: nn.Module, name: str, shape: tuple[int, ...], logical_axes: tuple[str, ...],
-            config: ModelConfig, init=DEFAULT_INIT) -> jax.Array:
+            config: ModelConfig) -> jax.Array:
     """A logically partitioned parameter, returned already cast to the compute dtype."""
-    value = module.param(name, nn.with_logical_partitioning(init, logical_axes), shape,
+    value = module.param(name, nn.with_logical_partitioning(DEFAULT_INIT, logical_axes), shape,
                          config.params_jnp_dtype)
     return value.astype(config.compute_jnp_dtype)
 
@@ -173,7 +173,7 @@ class Llama(nn.Module):
         if cfg.remat != "none":
             # prevent_cse guards against XLA merging the recomputation away; a scan body cannot be
             # CSE'd across iterations, so it would only cost speed here.
-            layer = nn.remat(layer, policy=REMAT_POLICIES[cfg.remat], prevent_cse=False)
+            layer = nn.remat(layer, policy=CHECKPOINT_POLICIES[cfg.remat], prevent_cse=False)
         stack = nn.scan(layer, variable_axes={"params": 0}, split_rngs={"params": True},
                         in_axes=(nn.broadcast, nn.broadcast), length=cfg.num_layers,
                         unroll=1 if cfg.scan_layers else cfg.num_layers,
