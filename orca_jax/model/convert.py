@@ -7,7 +7,7 @@ casts later), so peak host memory is about the checkpoint's size plus one tensor
 Growing the vocabulary (LLaMA's 32000 pieces + the pad token = 32001) appends embedding rows and
 lm_head columns, each set to the mean of the existing ones. The mean embedding is a neutral input;
 the mean lm_head column gives the new token an average logit, so it is neither favoured nor ruled
-out before training (the pad token is never a target, so training leaves that column alone).
+out before training (the pad token is never a target, so training only pushes its logit down).
 """
 
 from __future__ import annotations
@@ -37,10 +37,8 @@ class SourceCheckpoint(Protocol):
     model_config: ModelConfig
 
     def read(self, layout: ParamLayout, layer: int | None) -> np.ndarray:
-        """The torch-layout ([out, in]) tensor, HF rotary layout, shape already checked."""
-
-    def describe(self, layout: ParamLayout, layer: int | None) -> str:
-        """'file: tensor name', for error messages."""
+        """The torch-layout ([out, in]) tensor in HF's rotary layout, its shape already checked;
+        ConversionError naming the file and tensor otherwise."""
 
 
 def _get(tree: dict, path: Sequence[str]) -> Any:
