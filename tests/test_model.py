@@ -70,17 +70,35 @@ def params():
     return init(jax.random.key(0))
 
 
-@pytest.fixture(scope="module")
-def packed_and_alone(params):
-    """Logits of a batch whose row 0 is a packed row and row 1 + i holds example i alone at the start
-    (the rest of that row is other tokens, which causality hides from the example)."""
+def packed_and_alone_batch():
+    """Row 0 is a packed row; row 1 + i holds example i alone at the start (the rest of that row is
+    other tokens, which causality hides from the example). Returns (tokens, positions, segment_ids,
+    example starts in row 0)."""
     tokens, positions, segment_ids = packed_inputs()
     starts = np.cumsum((0,) + EXAMPLE_LENGTHS[:-1])
     batch_tokens = np.stack([tokens[0]] + [np.roll(tokens[0], -start) for start in starts])
     batch_positions = np.stack([positions[0]] + [np.arange(LENGTH)] * len(starts)).astype(np.int32)
     batch_segments = np.stack([segment_ids[0]] + [np.ones(LENGTH, np.int32)] * len(starts))
-    logits = jax.jit(Llama(TINY).apply)({"params": params}, batch_tokens, batch_positions, batch_segments)
-    return np.asarray(logits), starts
+    return batch_tokens, batch_positions, batch_segments, starts
+
+
+def loss_logits_and_grads(config, params):
+    """Mean next-token cross-entropy on packed_and_alone_batch(), with its logits, and the gradients."""
+    tokens, positions, segment_ids, _ = packed_and_alone_batch()
+    targets = np.roll(tokens, -1, axis=1)
+
+    def loss(params):
+        logits = Llama(config).apply({"params": params}, tokens, positions, segment_ids)
+        xent = -jnp.take_along_axis(jax.nn.log_softmax(logits), targets[..., None], -1)
+        return jnp.mean(xent), logits
+
+    (loss_value, logits), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
+    return loss_value, np.asarray(logits), grads
+
+
+@pytest.fixture(scope="module")
+def base_run(params):
+    return loss_logits_and_grads(TINY, params)
 
 
 def test_parameter_tree_matches_the_contract():
@@ -139,32 +157,24 @@ def test_rotary_matches_hf_layout_and_depends_on_relative_position():
     assert scores[0] != pytest.approx(scores[2], rel=1e-3)  # distance 2
 
 
-def test_forward_matches_float64_numpy(params, packed_and_alone):
+def test_forward_matches_float64_numpy(params, base_run):
     tokens, positions, segment_ids = packed_inputs()
-    logits, _ = packed_and_alone
+    _, logits, _ = base_run
     np.testing.assert_allclose(logits[:1], numpy_llama(params, TINY, tokens, positions, segment_ids),
                                atol=2e-4, rtol=2e-4)
 
 
-def test_packed_row_equals_each_example_alone(packed_and_alone):
-    logits, starts = packed_and_alone
+def test_packed_row_equals_each_example_alone(base_run):
+    _, logits, _ = base_run
+    starts = packed_and_alone_batch()[3]
     for row, (start, length) in enumerate(zip(starts, EXAMPLE_LENGTHS), start=1):
         np.testing.assert_allclose(logits[0, start:start + length], logits[row, :length], atol=1e-5, rtol=1e-5)
 
 
-def test_remat_and_unrolled_layers_change_nothing(params):
-    tokens, positions, segment_ids = packed_inputs()
-    targets = np.roll(tokens, -1, axis=1)
-
-    def loss_and_grads(config):
-        def loss(params):
-            logits = Llama(config).apply({"params": params}, tokens, positions, segment_ids)
-            return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), targets[..., None], -1))
-        return jax.jit(jax.value_and_grad(loss))(params)
-
-    base_loss, base_grads = loss_and_grads(TINY)
+def test_remat_and_unrolled_layers_change_nothing(params, base_run):
+    base_loss, _, base_grads = base_run
     # One variant covers both switches: each compile costs seconds on CPU.
-    loss, grads = loss_and_grads(TINY.replace(remat="save_dots", scan_layers=False))
+    loss, _, grads = loss_logits_and_grads(TINY.replace(remat="save_dots", scan_layers=False), params)
     np.testing.assert_allclose(loss, base_loss, rtol=1e-6)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-5), grads, base_grads)
 
