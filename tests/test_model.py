@@ -184,6 +184,8 @@ def test_bad_model_configs_are_named():
         TINY.replace(num_kv_heads=3)
     with pytest.raises(ModelConfigError, match="remat"):
         TINY.replace(remat="some")
+    with pytest.raises(ModelConfigError, match="cudnn"):
+        TINY.replace(attention="cudnn")  # TINY computes in float32
     with pytest.raises(ModelConfigError, match="unknown model config fields"):
         ModelConfig.from_config({**dataclasses.asdict(TINY), "hidden": 3})
     with pytest.raises(ValueError, match="max_seq_len"):

@@ -77,6 +77,9 @@ class ModelConfig:
         if self.attention not in ATTENTION_IMPLEMENTATIONS:
             raise ModelConfigError(
                 f"model.attention={self.attention!r}: choose one of {ATTENTION_IMPLEMENTATIONS}")
+        if self.attention == "cudnn" and self.compute_dtype == "float32":
+            raise ModelConfigError("model.attention='cudnn' needs compute_dtype bfloat16 or float16: "
+                                   "cuDNN's fused attention has no float32 kernel")
 
     @classmethod
     def from_config(cls, model_config: Mapping[str, Any]) -> ModelConfig:
