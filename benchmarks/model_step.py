@@ -1,6 +1,6 @@
 """Time one jitted forward + backward step (loss and gradients, no optimizer) of a LLaMA config.
 
-    python3 benchmarks/model_step.py --config configs/llama_1b.py --attention xla,cudnn \
+    python3 benchmarks/model_step.py [--config configs/llama_1b.py] --attention xla,cudnn \
         [--segments 4] [--steps 20] [--warmup 3] [--peak_tflops 989] [--out results.jsonl] \
         [--config.model.scan_layers=False ...]
 
@@ -27,9 +27,11 @@ from flax import linen as nn
 from jax.sharding import NamedSharding, PartitionSpec
 
 from orca_jax import parallel
-from orca_jax.config import parse_config_args
+from orca_jax.config import ConfigError, parse_config_args
 from orca_jax.flops import train_flops_per_step
 from orca_jax.model import Llama, ModelConfig, ModelConfigError
+
+DEFAULT_CONFIG = str(pathlib.Path(__file__).resolve().parents[1] / "configs" / "llama_1b.py")
 
 # Dense (no sparsity) bfloat16 tensor-core peaks, TFLOP/s, by a substring of jax's device_kind.
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
@@ -126,16 +128,19 @@ def format_table(results: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    config, rest = parse_config_args(list(sys.argv[1:] if argv is None else argv))
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--attention", default=config.model.attention,
-                        help="comma-separated implementations to time, e.g. xla,cudnn")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--attention", default=None,
+                        help="comma-separated implementations to time, e.g. xla,cudnn (default: the config's)")
     parser.add_argument("--segments", type=int, default=0, help="packed examples per row (0: none)")
     parser.add_argument("--steps", type=int, default=20, help="timed steps")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps after compiling")
     parser.add_argument("--peak_tflops", type=float, default=None,
                         help="per-device peak TFLOP/s for MFU (default: known GPU's bf16 dense peak)")
     parser.add_argument("--out", type=pathlib.Path, default=None, help="append the JSON lines here")
+    try:
+        config, rest = parse_config_args(list(sys.argv[1:] if argv is None else argv), default=DEFAULT_CONFIG)
+    except ConfigError as err:
+        parser.error(str(err))
     args = parser.parse_args(rest)
     if args.steps < 1 or args.warmup < 0:
         parser.error("--steps must be >= 1 and --warmup >= 0")
@@ -146,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         mesh = parallel.mesh_from_config(config.mesh)
         base_model_config = ModelConfig.from_config(config.model)
         model_configs = [base_model_config.replace(attention=name.strip())
-                         for name in args.attention.split(",")]
+                         for name in (args.attention or base_model_config.attention).split(",")]
     except (parallel.MeshShapeError, ModelConfigError) as err:
         parser.error(str(err))
     peak = args.peak_tflops if args.peak_tflops is not None else default_peak_tflops(jax.devices()[0])
