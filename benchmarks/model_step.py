@@ -1,7 +1,7 @@
 """Time one jitted forward + backward step (loss and gradients, no optimizer) of a LLaMA config.
 
-    python3 benchmarks/model_step.py [--config configs/llama_1b.py] --attention xla,cudnn \
-        [--segments 4] [--steps 20] [--warmup 3] [--peak_tflops 989] [--out results.jsonl] \
+    python3 benchmarks/model_step.py [--config configs/llama_1b.py] [--attention xla,cudnn]
+        [--segments 4] [--steps 20] [--warmup 3] [--peak_tflops 989] [--out results.jsonl]
         [--config.model.scan_layers=False ...]
 
 Prints one JSON line per attention implementation, then a table: step time, tokens/s, model TFLOP per
