@@ -159,7 +159,7 @@ class PreemptionWatch:
         return bool(multihost_utils.process_allgather(np.int32(self._requested)).any())
 
 
-class _Stage:
+class Stage:
     """Everything one stage compiles and reads: model, optimizer, steps, data."""
 
     def __init__(self, config, plan: StagePlan, tokenizer: Tokenizer, mesh: Mesh):
@@ -220,7 +220,7 @@ def train(config, mesh: Mesh, tokenizer: Tokenizer) -> list[StagePlan]:
                     continue  # finished before this run started
                 resume = position if position is not None and position.stage_index == plan.index else None
                 previous = plans[plan.index - 1] if plan.index else None
-                _run_stage(config, _Stage(config, plan, tokenizer, mesh), checkpointer, writer,
+                _run_stage(config, Stage(config, plan, tokenizer, mesh), checkpointer, writer,
                            preemption, resume, previous)
     finally:
         checkpointer.wait()
@@ -229,7 +229,7 @@ def train(config, mesh: Mesh, tokenizer: Tokenizer) -> list[StagePlan]:
     return plans
 
 
-def _run_stage(config, stage: _Stage, checkpointer: Checkpointer, writer: MetricsWriter,
+def _run_stage(config, stage: Stage, checkpointer: Checkpointer, writer: MetricsWriter,
                preemption: PreemptionWatch, resume: Position | None, previous: StagePlan | None) -> None:
     plan = stage.plan
     if resume is None:
@@ -293,7 +293,7 @@ def _run_stage(config, stage: _Stage, checkpointer: Checkpointer, writer: Metric
                             f"step {global_step}) in {checkpointer.directory}; rerun the same command to resume")
 
 
-def _write_validation(writer: MetricsWriter, stage: _Stage, params, global_step: int) -> None:
+def _write_validation(writer: MetricsWriter, stage: Stage, params, global_step: int) -> None:
     loss = stage.validation_loss(params)
     if loss is not None:
         writer.write(global_step, stage.plan.name, {"val_loss": loss})

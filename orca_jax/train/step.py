@@ -107,7 +107,7 @@ def train_step(model: Llama, optimizer: optax.GradientTransformation, num_microb
     params = optax.apply_updates(state.params, updates)
     metrics = {
         "loss": jnp.sum(losses),
-        "grad_norm": optax.global_norm(grads),
+        "grad_norm": optax.tree.norm(grads),
         "response_tokens": jnp.sum(batch["loss_weights"]),
         "real_tokens": jnp.sum(batch["segment_ids"] > 0),
     }
