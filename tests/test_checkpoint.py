@@ -1,0 +1,81 @@
+"""Training checkpoints with real orbax: what they hold, what is kept, restoring onto other meshes."""
+
+import jax
+import numpy as np
+import pytest
+
+from orca_jax import parallel
+from orca_jax.config import load_config
+from orca_jax.model import ModelConfig, params_io
+from orca_jax.train import step as train_step
+from orca_jax.train.checkpoint import Checkpointer, Position
+from orca_jax.train.optimizer import OptimizerConfig, make_optimizer
+
+
+@pytest.fixture(scope="module")
+def model_config(repo_root) -> ModelConfig:
+    return ModelConfig.from_config(load_config(str(repo_root / "configs" / "tiny.py")).model)
+
+
+def abstract_state(model_config, mesh):
+    optimizer = make_optimizer(OptimizerConfig(weight_decay=0.1), total_steps=10)
+    params_abstract = params_io.abstract_params(model_config, mesh)
+    return optimizer, train_step.abstract_state(params_abstract, optimizer, mesh)
+
+
+def random_state(model_config, mesh, seed: int):
+    """A state whose every leaf (moments and count included) is distinct and non-trivial."""
+    optimizer, state_abstract = abstract_state(model_config, mesh)
+    params = train_step.init_params(model_config, jax.random.key(seed), state_abstract.params)
+    state = train_step.init_state(params, optimizer, state_abstract)
+    keys = iter(jax.random.split(jax.random.key(seed + 1), len(jax.tree.leaves(state))))
+
+    def scramble(leaf):
+        noise = jax.random.randint(next(keys), leaf.shape, 1, 100).astype(leaf.dtype)
+        return jax.device_put(leaf + noise, leaf.sharding)
+    return jax.tree.map(scramble, state)
+
+
+def test_restores_everything_onto_a_different_mesh(tmp_path, model_config):
+    saved_mesh = parallel.make_mesh(2, 2, 2)
+    state = random_state(model_config, saved_mesh, seed=3)
+    data_state = {"window_state": {"next_index": 7}, "rows_taken": 2, "epoch": 1}
+    position = Position(stage_index=1, stage_name="gpt4", stage_step=5, rng_seed=42)
+    checkpointer = Checkpointer(tmp_path, keep=3, keep_steps=[])
+    checkpointer.save(12, state, data_state, position, config_json='{"seed": 42}')
+    checkpointer.wait()
+    checkpointer.close()
+
+    for mesh in (parallel.make_mesh(devices=jax.devices()[:1]), parallel.make_mesh(1, 4, 2)):
+        _, target = abstract_state(model_config, mesh)
+        reader = Checkpointer(tmp_path, keep=3, keep_steps=[])
+        assert reader.latest_step() == 12
+        assert reader.position(12) == position
+        restored, restored_data = reader.restore(12, target)
+        reader.close()
+        assert restored_data == data_state
+        for (path, got), want, wanted_sharding in zip(jax.tree_util.tree_leaves_with_path(restored),
+                                                      jax.tree.leaves(state), jax.tree.leaves(train_step.shardings_of(target))):
+            assert got.sharding == wanted_sharding, jax.tree_util.keystr(path)
+            np.testing.assert_array_equal(np.asarray(got), np.asarray(want), err_msg=jax.tree_util.keystr(path))
+
+
+def test_keeps_the_latest_and_each_stages_final_step(tmp_path, model_config):
+    mesh = parallel.make_mesh(devices=jax.devices()[:1])
+    states = {step: random_state(model_config, mesh, seed=step) for step in (4, 8)}
+    checkpointer = Checkpointer(tmp_path, keep=2, keep_steps=[4])
+    for step in range(1, 10):
+        state = states[4] if step <= 4 else states[8]
+        checkpointer.save(step, state, {}, Position(int(step > 4), "s", step, 0), "{}")
+    checkpointer.wait()
+    assert checkpointer.all_steps() == [4, 8, 9]
+    _, target = abstract_state(model_config, mesh)
+    params = checkpointer.restore_params(4, target.params)
+    checkpointer.close()
+    for got, want in zip(jax.tree.leaves(params), jax.tree.leaves(states[4].params)):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+
+
+def test_rejects_keeping_nothing(tmp_path):
+    with pytest.raises(ValueError, match="keep must be at least 1"):
+        Checkpointer(tmp_path, keep=0, keep_steps=[])
