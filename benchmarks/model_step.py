@@ -115,14 +115,15 @@ def run_one(model_config: ModelConfig, mesh, batch_size: int, seq_len: int, segm
 
 
 def format_table(results: list[dict]) -> str:
-    header = f"{'attention':<10}{'segments':>9}{'step ms':>10}{'tokens/s':>11}{'TFLOP/step':>12}{'MFU':>8}"
+    header = f"{'attention':<10}{'layers':>9}{'segments':>9}{'step ms':>10}{'tokens/s':>11}{'TFLOP/step':>12}{'MFU':>8}"
     rows = [header]
     for r in results:
         if "error" in r:
-            rows.append(f"{r['attention']:<10}{r['segments']:>9}  failed: {r['error'].splitlines()[0][:80]}")
+            rows.append(f"{r['attention']:<10}{'':>9}{r['segments']:>9}  failed: {r['error'].splitlines()[0][:80]}")
             continue
         mfu = "-" if r["mfu"] is None else format(r["mfu"], ".1%")
-        rows.append(f"{r['attention']:<10}{r['segments']:>9}{r['step_ms']:>10.1f}{r['tokens_per_s']:>11}"
+        layers = "scan" if r["scan_layers"] else "unrolled"
+        rows.append(f"{r['attention']:<10}{layers:>9}{r['segments']:>9}{r['step_ms']:>10.1f}{r['tokens_per_s']:>11}"
                     f"{r['model_tflop_per_step']:>12.2f}{mfu:>8}")
     return "\n".join(rows)
 
