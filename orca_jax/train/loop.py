@@ -211,6 +211,8 @@ def train(config, mesh: Mesh, tokenizer: Tokenizer) -> list[StagePlan]:
                                 keep_steps=[plan.last_step for plan in plans])
     latest = checkpointer.latest_step()
     position = checkpointer.position(latest) if latest is not None else None
+    if position is not None:
+        _check_resumable(position, latest, plans, checkpointer)
     writer = MetricsWriter(workdir, total_steps=plans[-1].last_step, initial_step=latest or 0)
     try:
         with PreemptionWatch() as preemption:
@@ -227,6 +229,17 @@ def train(config, mesh: Mesh, tokenizer: Tokenizer) -> list[StagePlan]:
         checkpointer.close()
         writer.close()
     return plans
+
+
+def _check_resumable(position: Position, step: int, plans: list[StagePlan], checkpointer: Checkpointer) -> None:
+    """The latest checkpoint must sit where this config's stage plan puts it."""
+    plan = plans[position.stage_index] if position.stage_index < len(plans) else None
+    if (plan is None or plan.name != position.stage_name or position.stage_step > plan.num_steps
+            or plan.first_step + position.stage_step != step):
+        raise StageConfigError(
+            f"the latest checkpoint in {checkpointer.directory} (step {step}, stage {position.stage_name!r} "
+            f"step {position.stage_step}) does not fit this config's stages "
+            f"{[(p.name, p.num_steps) for p in plans]}: use a new workdir or the config it was trained with")
 
 
 def _run_stage(config, stage: Stage, checkpointer: Checkpointer, writer: MetricsWriter,

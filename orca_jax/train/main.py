@@ -22,7 +22,7 @@ from orca_jax.config import ConfigError, parse_config_args
 from orca_jax.data import prepare
 from orca_jax.data.demo import write_demo_data
 from orca_jax.data.records import DataError
-from orca_jax.data.tokenizer import Tokenizer, train_tokenizer
+from orca_jax.data.tokenizer import Tokenizer, TokenizerError, train_tokenizer
 from orca_jax.eval.exact_match import evaluate_demo
 from orca_jax.model import ModelConfig, ModelConfigError, params_io
 from orca_jax.train import loop
@@ -133,9 +133,9 @@ def main(argv: list[str] | None = None) -> int:
         if rest:
             raise ConfigError(f"unexpected arguments {rest}; use --config F and --config.a.b=value")
         initialize_distributed()
+        mesh = parallel.mesh_from_config(config.mesh)
         if "demo" in config:
             prepare_demo(config)
-        mesh = parallel.mesh_from_config(config.mesh)
         tokenizer = Tokenizer.load(config.data.tokenizer)
         if tokenizer.vocab_size > config.model.vocab_size:
             raise ConfigError(f"the tokenizer {config.data.tokenizer} has {tokenizer.vocab_size} ids but "
@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"orca-jax train: {stopped}", file=sys.stderr)
         return stopped.exit_code
     except (ConfigError, DataError, ModelConfigError, OptimizerConfigError, loop.StageConfigError,
-            parallel.MeshShapeError) as error:
+            parallel.MeshShapeError, TokenizerError, params_io.ParamsIOError) as error:
         print(f"orca-jax train: {error}", file=sys.stderr)
         return 1
     return 0

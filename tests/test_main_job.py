@@ -1,0 +1,65 @@
+"""`orca-jax train`: the demo end to end (reduced), and clear errors for bad configs."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from orca_jax.config import load_config
+from orca_jax.train import loop
+from orca_jax.train.main import main
+
+
+@pytest.mark.slow
+def test_demo_trains_both_stages_and_reports_accuracy(tmp_path):
+    workdir = tmp_path / "demo"
+    overrides = [
+        f"--config.workdir={workdir}",
+        "--config.demo.stage1_rows=800", "--config.demo.stage2_rows=400", "--config.demo.eval_rows=20",
+        "--config.data.batch_size=8", "--config.checkpoint.every_steps=10",
+    ]
+    for stage, steps in (("stage1", 30), ("stage2", 15)):
+        overrides += [f"--config.stages.{stage}.epochs=0", f"--config.stages.{stage}.num_steps={steps}",
+                      f"--config.stages.{stage}.optimizer.warmup_steps=3"]
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+    result = subprocess.run([sys.executable, "-m", "orca_jax.cli", "train", *overrides], env=env,
+                            capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "== demo report ==" in result.stdout
+
+    report = json.loads((workdir / "report.json").read_text())
+    assert set(report["exact_match"]) == {"untrained", "stage1", "stage2"}
+    assert all(0.0 <= accuracy <= 1.0 for accuracy in report["exact_match"].values())
+    for stage in ("stage1", "stage2"):
+        losses = report["losses"][stage]
+        assert losses["last_loss"] < losses["first_loss"], (stage, losses)
+        assert losses["last_val_loss"] < losses["first_val_loss"], (stage, losses)
+    records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    logged = {name for record in records for name in record}
+    assert {"loss", "learning_rate", "grad_norm", "tokens_per_second", "packing_efficiency",
+            "data_wait_fraction", "checkpoint_wait_fraction", "val_loss"} <= logged
+    assert any((workdir / "tensorboard").iterdir())
+
+
+@pytest.mark.parametrize("override, message", [
+    ("--config.mesh.data=3", "needs 3 devices"),
+    ("--config.no_such_field=1", "no field 'no_such_field'"),
+])
+def test_bad_config_is_one_clear_line(tmp_path, capsys, override, message):
+    assert main([f"--config.workdir={tmp_path}", override]) == 1
+    error = capsys.readouterr().err
+    assert message in error and "Traceback" not in error
+    assert not any(tmp_path.iterdir()), "a config error left files behind"
+
+
+def test_stage_plan_errors_name_the_stage(repo_root):
+    config = load_config(str(repo_root / "configs" / "demo.py"))
+    config.stages.stage1.init = "previous"
+    with pytest.raises(loop.StageConfigError, match="stages.stage1.init='previous'"):
+        loop.plan_stages(config, tokenizer=None)
+    config.stages.stage1.init = "random"
+    config.stage_order = ("stage1",)
+    with pytest.raises(loop.StageConfigError, match="stage_order"):
+        loop.plan_stages(config, tokenizer=None)
