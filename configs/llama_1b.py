@@ -3,6 +3,9 @@
 The shape of the MaxText and plain-JAX reference runs in the stack notes, so MFU compares directly;
 one H100 holds its float32 params, gradients and un-rematerialised activations of 8 x 2048 tokens.
 Attention defaults to cuDNN because this config exists for the GPU; override it to run elsewhere.
+The layer loop is unrolled: on the H100 that took the step from 224.7 ms (scanned) to 182.3 ms
+(docs/performance.md), since XLA can then overlap and fuse across layer boundaries. Sixteen layers
+compile in seconds; keep the scan for 40-layer models on TPU, where compile time dominates.
 """
 
 import dataclasses
@@ -24,6 +27,7 @@ def get_config() -> ConfigDict:
         norm_eps=1e-5,
         max_seq_len=2048,
         attention="cudnn",
+        scan_layers=False,
     )
     return ConfigDict({
         "model": dataclasses.asdict(model),
