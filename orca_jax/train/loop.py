@@ -14,6 +14,7 @@ checkpoints depend on it.
 from __future__ import annotations
 
 import dataclasses
+import json
 import pathlib
 import signal
 import time
@@ -101,15 +102,32 @@ def _train_batches(config, dataset_dir: str, tokenizer: Tokenizer, mesh: Mesh, s
 
 def count_steps(config, dataset_dir: str, tokenizer: Tokenizer, seed: int, epochs: int) -> int:
     """Global batches in `epochs` passes over the packed data: the longest process's local count
-    (processes that run out early feed padding until all are done, see pipeline.TrainBatches)."""
+    (processes that run out early feed padding until all are done, see pipeline.TrainBatches).
+
+    Counting packs the whole stream once, minutes for FLAN-5M, so the count is kept in
+    `workdir/stage_lengths.json` under everything that determines it, and a restart reads it back.
+    """
+    source = shards.open_split(dataset_dir, shards.TRAIN)
+    stream = json.dumps({"dataset_dir": str(pathlib.Path(dataset_dir).absolute()), "records": len(source),
+                         "epochs": epochs, "seed": seed, "tokenizer": str(tokenizer.path),
+                         "template": config.data.template, "seq_len": config.data.seq_len,
+                         "batch_size": config.data.batch_size, "pack_window": config.data.pack_window,
+                         "processes": jax.process_count()}, sort_keys=True)
+    cache_path = pathlib.Path(config.workdir) / "stage_lengths.json"
+    cache = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
+    if stream in cache:
+        return cache[stream]
     local = pipeline.ProcessBatches(
-        shards.open_split(dataset_dir, shards.TRAIN), tokenizer, config.data.template,
-        seq_len=config.data.seq_len, local_batch_size=config.data.batch_size // jax.process_count(),
-        seed=seed, num_epochs=epochs, process_index=jax.process_index(),
-        process_count=jax.process_count(), pack_window=config.data.pack_window)
+        source, tokenizer, config.data.template, seq_len=config.data.seq_len,
+        local_batch_size=config.data.batch_size // jax.process_count(), seed=seed, num_epochs=epochs,
+        process_index=jax.process_index(), process_count=jax.process_count(),
+        pack_window=config.data.pack_window)
     steps = sum(1 for _ in local)
     if jax.process_count() > 1:
         steps = int(multihost_utils.process_allgather(np.int32(steps)).max())
+    if jax.process_index() == 0:
+        cache_path.parent.mkdir(parents=True, exist_ok=True)
+        cache_path.write_text(json.dumps({**cache, stream: steps}, indent=1) + "\n")
     return steps
 
 
@@ -269,14 +287,20 @@ def _run_stage(config, stage: Stage, checkpointer: Checkpointer, writer: Metrics
         if global_step == config.debug.nan_at_step:
             batch["loss_weights"] = batch["loss_weights"] * np.float32("nan")
         state, metrics = stage.steps.train(state, batch)
+        # Fetching the loss every step is what keeps a NaN out of every checkpoint; the host does not
+        # sit idle meanwhile, the pipeline packs the next windows in its own threads.
         metrics = jax.device_get(metrics)
         loss = float(metrics["loss"])
         if not np.isfinite(loss):
+            checkpointer.wait()
             raise NonFiniteLoss(
                 f"stage {plan.name} step {stage_step} (global step {global_step}): loss is {loss}. "
                 f"Stopped without saving; the last good checkpoint is step {checkpointer.latest_step()} "
                 f"in {checkpointer.directory}")
-        throughput.add_step(int(metrics["real_tokens"]))
+        if stage_step == start + 1:
+            throughput.start_window()  # the first step of a run compiles: not a rate worth reporting
+        else:
+            throughput.add_step(int(metrics["real_tokens"]))
         writer.advance()
         logged_losses.append(loss)
         logged_norms.append(float(metrics["grad_norm"]))

@@ -36,15 +36,19 @@ DEFAULT_CONFIG = pathlib.Path(__file__).resolve().parents[2] / "configs" / "demo
 def initialize_distributed() -> None:
     """Join the other processes of a multi-host run; a no-op for a single process.
 
-    `jax.distributed.initialize()` finds the coordinator itself on Cloud TPU pods (TPU_WORKER_HOSTNAMES
-    lists the VMs), under SLURM and Open MPI, or from JAX_COORDINATOR_ADDRESS with JAX_NUM_PROCESSES
-    and JAX_PROCESS_ID. A TPU VM with one host also sets TPU_WORKER_HOSTNAMES, to one name.
+    Several processes are recognised by: a Cloud TPU pod slice (TPU_WORKER_HOSTNAMES lists more than
+    one VM; a one-host TPU VM lists one), SLURM (SLURM_NTASKS > 1) or Open MPI
+    (OMPI_COMM_WORLD_SIZE > 1), where JAX finds the coordinator itself; or, anywhere else, an explicit
+    JAX_COORDINATOR_ADDRESS (host:port) with JAX_NUM_PROCESSES and JAX_PROCESS_ID.
     """
-    hosts = os.environ.get("TPU_WORKER_HOSTNAMES", "")
-    several = (len(hosts.split(",")) > 1 or int(os.environ.get("SLURM_NTASKS", "1")) > 1
-               or int(os.environ.get("OMPI_COMM_WORLD_SIZE", "1")) > 1
-               or int(os.environ.get("JAX_NUM_PROCESSES", "1")) > 1)
-    if several:
+    env = os.environ
+    if "JAX_COORDINATOR_ADDRESS" in env:
+        if not {"JAX_NUM_PROCESSES", "JAX_PROCESS_ID"} <= env.keys():
+            raise ConfigError("JAX_COORDINATOR_ADDRESS is set: set JAX_NUM_PROCESSES and JAX_PROCESS_ID too")
+        jax.distributed.initialize(num_processes=int(env["JAX_NUM_PROCESSES"]),
+                                   process_id=int(env["JAX_PROCESS_ID"]))
+    elif (len(env.get("TPU_WORKER_HOSTNAMES", "").split(",")) > 1 or int(env.get("SLURM_NTASKS", "1")) > 1
+          or int(env.get("OMPI_COMM_WORLD_SIZE", "1")) > 1):
         jax.distributed.initialize()
 
 

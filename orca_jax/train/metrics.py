@@ -42,20 +42,25 @@ def peak_flops_per_second() -> float | None:
 
 
 class Throughput:
-    """Tokens/s, MFU and the share of wall time spent waiting, over the steps since the last report."""
+    """Step time, tokens/s, MFU and the share of wall time spent waiting, over the steps since the
+    last report. Tokens are real (non-padding) ones, so packing losses show up as lower rates."""
 
     def __init__(self, model_config: ModelConfig, seq_len: int):
         self._flops_per_token = flops.train_flops_per_token(model_config, seq_len)
         self._peak = peak_flops_per_second()
-        self._reset(time.perf_counter())
+        self.start_window()
 
-    def _reset(self, now: float) -> None:
+    def start_window(self, now: float | None = None) -> None:
+        """Forget everything so far (call after the first step, which includes compilation)."""
+        now = time.perf_counter() if now is None else now
         self._start = now
+        self._steps = 0
         self._tokens = 0
         self._data_wait = 0.0
         self._checkpoint_wait = 0.0
 
     def add_step(self, tokens: int) -> None:
+        self._steps += 1
         self._tokens += tokens
 
     def add_data_wait(self, seconds: float) -> None:
@@ -74,13 +79,14 @@ class Throughput:
         elapsed = max(now - self._start, 1e-9)
         tokens_per_second = self._tokens / elapsed
         rates = {
+            "seconds_per_step": elapsed / max(self._steps, 1),
             "tokens_per_second": tokens_per_second,
             "data_wait_fraction": self._data_wait / elapsed,
             "checkpoint_wait_fraction": self._checkpoint_wait / elapsed,
         }
         if self._peak is not None:
             rates["mfu"] = tokens_per_second * self._flops_per_token / self._peak
-        self._reset(now)
+        self.start_window(now)
         return rates
 
 
