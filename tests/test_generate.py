@@ -118,6 +118,16 @@ def test_short_prompt_alone_or_beside_longer_ones_gives_the_same_output(params):
     assert len(alone) == NEW_TOKENS
 
 
+def test_one_column_prompt_needs_no_prefill(params):
+    # With a one-token prompt width the cache's prefill block is empty; the loop feeds the only token.
+    prompt = random_prompt(24, 1)
+    tokens = np.array([prompt, [PAD_ID]], np.int32)
+    generated, _ = greedy_decode_batch(params, CONFIG, tokens, np.array([1, 0], np.int32),
+                                       max_new_tokens=NEW_TOKENS, eos_id=UNREACHABLE_EOS, pad_id=PAD_ID)
+    assert generated[0].tolist() == stepwise_reference(params, prompt, UNREACHABLE_EOS)
+    assert (generated[1] == PAD_ID).all()
+
+
 def test_sharded_params_on_a_mesh_match_the_reference(params):
     mesh = parallel.make_mesh(data=2, fsdp=2, tensor=2)
     shardings = parallel.param_shardings(mesh, abstract_params())

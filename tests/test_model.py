@@ -2,6 +2,7 @@
 float64 NumPy, packed rows against examples alone, and config variants that must not change results."""
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -13,7 +14,7 @@ from test_attention import numpy_attention
 from orca_jax import flops
 from orca_jax.config import load_config
 from orca_jax.model import Llama, ModelConfig, ModelConfigError
-from orca_jax.model.llama import RMSNorm, apply_rotary
+from orca_jax.model.llama import RMSNorm, apply_rotary, init_cache
 
 TINY = ModelConfig.from_config(load_config("configs/tiny.py").model)
 LENGTH = 48
@@ -206,3 +207,53 @@ def test_flop_count_uses_the_real_matmul_parameters():
     causal_attention = 2 * 2 * seq_len * TINY.num_heads * TINY.head_dim / 2 * 3 * TINY.num_layers
     assert flops.train_flops_per_token(TINY, seq_len) == 6 * matmul_params + causal_attention
     assert flops.train_flops_per_step(TINY, 4, seq_len) == 4 * seq_len * flops.train_flops_per_token(TINY, seq_len)
+
+
+def test_decode_mode_keeps_the_params_and_adds_a_logically_named_cache():
+    tokens, positions, segment_ids = packed_inputs()
+    training = jax.eval_shape(Llama(TINY).init, jax.random.key(0), tokens, positions, segment_ids)
+    decoding = jax.eval_shape(functools.partial(Llama(TINY).init, decode=True), jax.random.key(0),
+                              tokens, positions, segment_ids)
+    assert set(training) == {"params"}
+    assert jax.tree.structure(decoding["params"]) == jax.tree.structure(training["params"])
+    c = TINY
+    kv_shape = (c.num_layers, 1, LENGTH, c.num_kv_heads, c.head_dim)
+    kv_names = ("layers", "batch", "length", "kv_heads", "head_dim")
+    described = jax.tree.map(lambda leaf: (leaf.value.shape, leaf.names) if isinstance(leaf, nn.LogicallyPartitioned)
+                             else (leaf.shape, None), decoding["cache"],
+                             is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
+    assert described == {"layers": {"attention": {"key": (kv_shape, kv_names), "value": (kv_shape, kv_names)}},
+                         "segment_ids": ((1, LENGTH), ("batch", "length")), "index": ((), None)}
+    assert jax.tree.map(lambda a: a.shape, init_cache(TINY, 1, LENGTH)) == jax.tree.map(
+        lambda a: a.shape, nn.unbox(decoding["cache"]))
+
+
+def test_cached_decoding_gives_the_full_forward_logits_at_every_step(params):
+    """A prompt block then one token at a time through the cache, against one forward over all columns.
+
+    Row 0 has no padding; row 1 is left-padded; row 2 is left-padded and packs two segments, the second
+    continued by the decoded tokens. Tokens are fed as given (no argmax), so each column is compared.
+    """
+    prompt_width, length = 16, 24
+    rng = np.random.default_rng(3)
+    tokens = rng.integers(1, TINY.vocab_size, size=(3, length)).astype(np.int32)
+    segment_ids = np.ones((3, length), np.int32)
+    segment_ids[1, :5] = 0
+    segment_ids[2, :3], segment_ids[2, 3:8], segment_ids[2, 8:] = 0, 1, 2
+    positions = np.zeros((3, length), np.int32)
+    for row in range(3):
+        for segment in (1, 2):
+            in_segment = segment_ids[row] == segment
+            positions[row, in_segment] = np.arange(in_segment.sum())
+
+    full = np.asarray(jax.jit(Llama(TINY).apply)({"params": params}, tokens, positions, segment_ids))
+    decode = jax.jit(functools.partial(Llama(TINY).apply, decode=True, mutable=["cache"]))
+    cache = init_cache(TINY, 3, length)
+    blocks = [slice(0, prompt_width)] + [slice(c, c + 1) for c in range(prompt_width, length)]
+    for block in blocks:
+        logits, variables = decode({"params": params, "cache": cache}, tokens[:, block], positions[:, block],
+                                   segment_ids[:, block])
+        cache = variables["cache"]
+        np.testing.assert_allclose(logits, full[:, block], atol=1e-5, rtol=1e-5, err_msg=f"columns {block}")
+    assert int(cache["index"]) == length
+    np.testing.assert_array_equal(cache["segment_ids"], segment_ids)

@@ -1,14 +1,16 @@
-"""Batched greedy decoding for our Llama, one compiled loop per (batch, buffer length).
+"""Batched greedy decoding for our Llama over a key/value cache, one compiled program per
+(batch, prompt width, max_new_tokens).
 
-Prompts are right-aligned (left-padded) in a fixed [batch, prompt_bucket + max_new_tokens] buffer, so
-every row writes its next token into the same column and the whole decode loop is a single
-`jax.lax.while_loop` that stops as soon as every row has emitted EOS. Padding is invisible to the
-real tokens: it carries segment id 0 (the model lets segment 0 attend only to itself) and real tokens
-take positions 0, 1, ... from their first column, exactly as if the prompt were alone.
+Prompts are right-aligned (left-padded) to a common width, so every row writes its next token into the
+same cache slot and the whole decode loop is a single `jax.lax.while_loop` that stops as soon as every
+row has emitted EOS. Padding is invisible to the real tokens: it carries segment id 0 (the model lets
+segment 0 attend only to itself) and real tokens take positions 0, 1, ... from their first column,
+exactly as if the prompt were alone.
 
-Cost: the model has no KV cache, so each new token re-runs the forward pass over the whole buffer:
-max_new_tokens x forward(batch, buffer). That is fine for the demo model and for modest benchmark
-runs; a cache inside `Llama` would make each step cost one token instead of a whole buffer.
+The prompt (all but its last token) fills the cache in one prefill pass; then each loop step feeds one
+token (the prompt's last, then each new one) and reads the next token's logits. Prefill logits are
+never used, so XLA drops the lm_head over the prompt. A step costs one position through the layers
+plus attention over the cache, instead of a forward pass over the whole buffer.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from orca_jax import parallel
 from orca_jax.model.config import ModelConfig
-from orca_jax.model.llama import Llama
+from orca_jax.model.llama import Llama, init_cache
 
 # Prompt lengths round up to a power of two no smaller than this, so a benchmark compiles only a
 # handful of buffer shapes instead of one per distinct prompt length.
@@ -41,45 +43,55 @@ def prompt_bucket(prompt_length: int, longest_allowed: int) -> int:
 @functools.lru_cache(maxsize=16)
 def _compiled_decoder(model_config: ModelConfig, max_new_tokens: int,
                       output_sharding: NamedSharding | None):
-    """The jitted decode loop; jax.jit itself keeps one executable per input shape and sharding.
+    """The jitted prefill + decode loop; jax.jit itself keeps one executable per input shape and sharding.
 
     The EOS and pad ids are traced arguments, so a different tokenizer reuses the compiled loop.
     """
     model = Llama(model_config)
 
+    def run_model(params, cache, tokens, positions, segment_ids):
+        logits, variables = model.apply({"params": params, "cache": cache}, tokens, positions, segment_ids,
+                                        decode=True, mutable=["cache"])
+        return logits, variables["cache"]
+
     def decode(params, prompt_tokens: jax.Array, prompt_lengths: jax.Array, eos_id: jax.Array,
                pad_id: jax.Array):
         batch, prompt_width = prompt_tokens.shape
-        buffer_width = prompt_width + max_new_tokens
-        tokens = jnp.concatenate(
-            [prompt_tokens, jnp.full((batch, max_new_tokens), pad_id, jnp.int32)], axis=1)
-        columns = jnp.arange(buffer_width, dtype=jnp.int32)[None, :]
+        # Slots for the prompt and every fed token; the last new token is never fed back.
+        cache = init_cache(model_config, batch, prompt_width + max_new_tokens - 1)
+        columns = jnp.arange(prompt_width, dtype=jnp.int32)[None, :]
         first_real_column = (prompt_width - prompt_lengths)[:, None]
         is_real = columns >= first_real_column
-        segment_ids = is_real.astype(jnp.int32)
-        positions = jnp.where(is_real, columns - first_real_column, 0)
+        prompt_positions = jnp.where(is_real, columns - first_real_column, 0)
+        # Every prompt token but the last goes into the cache at once; the loop feeds the last one.
+        _, cache = run_model(params, cache, prompt_tokens[:, :-1], prompt_positions[:, :-1],
+                             is_real[:, :-1].astype(jnp.int32))
         # The pad id is no word (sentencepiece cannot decode it) and training never targets it.
         is_pad_logit = jnp.arange(model_config.vocab_size) == pad_id
-        # Rows with an empty prompt only fill the batch up to its compiled size: they start finished.
+        # Rows with an empty prompt only fill the batch up to its compiled size: they start finished,
+        # and whatever they compute is discarded.
         finished = prompt_lengths == 0
+        generated = jnp.full((batch, max_new_tokens), pad_id, jnp.int32)
 
         def keep_going(state):
-            step, _, finished = state
+            step, _, _, finished, _ = state
             return (step < max_new_tokens) & ~jnp.all(finished)
 
         def decode_one_token(state):
-            step, tokens, finished = state
-            logits = model.apply({"params": params}, tokens, positions, segment_ids)
-            column = prompt_width + step
-            next_logits = jax.lax.dynamic_index_in_dim(logits, column - 1, axis=1, keepdims=False)
-            next_logits = jnp.where(is_pad_logit, -jnp.inf, next_logits)
+            step, fed_token, cache, finished, generated = state
+            # The fed token continues its row's only segment, right after the previous one.
+            position = prompt_lengths - 1 + step
+            logits, cache = run_model(params, cache, fed_token[:, None], position[:, None],
+                                      jnp.ones((batch, 1), jnp.int32))
+            next_logits = jnp.where(is_pad_logit, -jnp.inf, logits[:, 0])
             next_token = jnp.where(finished, pad_id, jnp.argmax(next_logits, axis=-1).astype(jnp.int32))
-            tokens = jax.lax.dynamic_update_slice_in_dim(tokens, next_token[:, None], column, axis=1)
-            return step + 1, tokens, finished | (next_token == eos_id)
+            generated = jax.lax.dynamic_update_slice_in_dim(generated, next_token[:, None], step, axis=1)
+            return step + 1, next_token, cache, finished | (next_token == eos_id), generated
 
-        steps, tokens, _ = jax.lax.while_loop(
-            keep_going, decode_one_token, (jnp.int32(0), tokens, finished))
-        return tokens[:, prompt_width:], steps
+        steps, _, _, _, generated = jax.lax.while_loop(
+            keep_going, decode_one_token,
+            (jnp.int32(0), prompt_tokens[:, -1], cache, finished, generated))
+        return generated, steps
 
     if output_sharding is None:
         return jax.jit(decode)

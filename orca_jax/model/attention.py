@@ -38,7 +38,7 @@ def dot_product_attention(query: jax.Array, key: jax.Array, value: jax.Array,
     """
     _check_shapes(query, key, value, segment_ids)
     if implementation == "xla":
-        return _xla_attention(query, key, value, segment_ids)
+        return masked_attention(query, key, value, attention_mask(segment_ids, query.shape[1]))
     if implementation == "cudnn":
         return _cudnn_attention(query, key, value, segment_ids)
     if implementation == "splash":
@@ -58,15 +58,36 @@ def _check_shapes(query, key, value, segment_ids) -> None:
 
 def attention_mask(segment_ids: jax.Array | None, length: int) -> jax.Array:
     """Boolean [batch or 1, 1, length_q, length_kv]: True where the query may attend to the key."""
-    positions = jnp.arange(length)
-    causal = positions[:, None] >= positions[None, :]
     if segment_ids is None:
-        return causal[None, None]
-    same_segment = segment_ids[:, :, None] == segment_ids[:, None, :]
+        return jnp.tril(jnp.ones((length, length), jnp.bool_))[None, None]
+    return segment_causal_mask(segment_ids, segment_ids, first_query_slot=0)
+
+
+def segment_causal_mask(query_segment_ids: jax.Array, key_segment_ids: jax.Array,
+                        first_query_slot: jax.Array | int) -> jax.Array:
+    """Boolean [batch, 1, queries, keys]: query i sees key j when j <= first_query_slot + i and both
+    carry the same segment id.
+
+    The queries are a block of consecutive slots of the key axis starting at `first_query_slot` (0 in
+    training, where queries and keys are the same row; the write index when decoding against a cache,
+    where keys past the block are unwritten slots that causality hides).
+    """
+    query_slots = first_query_slot + jnp.arange(query_segment_ids.shape[1])
+    causal = query_slots[:, None] >= jnp.arange(key_segment_ids.shape[1])[None, :]
+    same_segment = query_segment_ids[:, :, None] == key_segment_ids[:, None, :]
     return (causal[None] & same_segment)[:, None]
 
 
-def _xla_attention(query, key, value, segment_ids):
+def masked_attention(query: jax.Array, key: jax.Array, value: jax.Array, mask: jax.Array) -> jax.Array:
+    """The XLA kernel: softmax(q k^T / sqrt(d)) v wherever `mask` allows, for any mask.
+
+    Args:
+      query: [batch, queries, num_heads, head_dim].
+      key, value: [batch, keys, num_kv_heads, head_dim]; keys may outnumber queries (a cache).
+      mask: boolean, broadcastable to [batch, 1, queries, keys]; every query must see some key.
+    Returns:
+      [batch, queries, num_heads, head_dim] in the query's dtype.
+    """
     batch, length, num_heads, head_dim = query.shape
     num_kv_heads = key.shape[2]
     # Fold the query heads that share a kv head into a group axis instead of repeating k/v in memory.
@@ -74,8 +95,7 @@ def _xla_attention(query, key, value, segment_ids):
     # Matmuls stay in the input dtype (with a float32 result their backward would mix dtypes and fall
     # off the bfloat16 tensor cores); the softmax itself runs in float32.
     logits = jnp.einsum("bqkgd,bskd->bkgqs", grouped_query, key).astype(jnp.float32) / np.sqrt(head_dim)
-    mask = attention_mask(segment_ids, length)[:, :, None]  # broadcast over the group axis
-    logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+    logits = jnp.where(mask[:, :, None], logits, jnp.finfo(jnp.float32).min)  # broadcast over the group axis
     probs = jax.nn.softmax(logits, axis=-1).astype(value.dtype)
     out = jnp.einsum("bkgqs,bskd->bqkgd", probs, value)
     return out.reshape(batch, length, num_heads, head_dim)

@@ -4,21 +4,30 @@ Every parameter and main activation carries logical axis names ('embed', 'heads'
 holds what is decided by the rules in orca_jax.parallel, never here. Parameters are stored in
 `param_dtype` and cast to `compute_dtype` where they enter a matmul; norms and softmax compute in
 float32, and the logits are returned as float32. The layer stack is an `nn.scan`, so each layer parameter has a leading 'layers' axis.
+
+Decoding (`decode=True`) keeps a key/value cache in the 'cache' collection so each new token costs one
+position instead of a forward pass over the whole sequence; see `Llama` and `init_cache`.
 """
 
 from __future__ import annotations
+
+import functools
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from orca_jax.model.attention import KEY_VALUE_AXES, QUERY_AXES, dot_product_attention
+from orca_jax.model.attention import (KEY_VALUE_AXES, QUERY_AXES, dot_product_attention, masked_attention,
+                                      segment_causal_mask)
 from orca_jax.model.config import ModelConfig
 
 # Logical names of the activations the model constrains.
 RESIDUAL_AXES = ("batch", "length", "embed")
 MLP_HIDDEN_AXES = ("batch", "length", "mlp")
 LOGITS_AXES = ("batch", "length", "vocab")
+# The cache's per-slot segment ids; its keys and values use the attention's KEY_VALUE_AXES.
+CACHE_SEGMENT_AXES = ("batch", "length")
 
 # LLaMA's reference initialisation (HF `initializer_range`); converted checkpoints replace it anyway.
 DEFAULT_INIT = nn.initializers.normal(stddev=0.02)
@@ -67,11 +76,31 @@ def apply_rotary(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
     return rotated.astype(x.dtype)
 
 
+class CacheWrite(NamedTuple):
+    """Where a block goes in every layer's cache and what its queries may see there (same in all layers)."""
+
+    first_slot: jax.Array
+    """int32 scalar: the slot the block's first token is written to."""
+    mask: jax.Array
+    """bool [batch, 1, block, cache_length]: which slots each of the block's queries attends to."""
+
+
+def _cached(module: nn.Module, name: str, block: jax.Array, first_slot: jax.Array) -> jax.Array:
+    """Write a [batch, block, kv_heads, head_dim] block into the layer's cache; return the whole cache.
+
+    The variable is created with the block's shape, so the input given to `init` sets the cache length.
+    """
+    cache = module.variable("cache", name, nn.with_logical_partitioning(jnp.zeros, KEY_VALUE_AXES),
+                            block.shape, block.dtype)
+    cache.value = jax.lax.dynamic_update_slice_in_dim(cache.value, block, first_slot, axis=1)
+    return nn.with_logical_constraint(cache.value, KEY_VALUE_AXES)
+
+
 class Attention(nn.Module):
     config: ModelConfig
 
     @nn.compact
-    def __call__(self, x, positions, segment_ids):
+    def __call__(self, x, positions, segment_ids, cache_write: CacheWrite | None = None):
         cfg = self.config
         query_w = _weight(self, "query", (cfg.embed_dim, cfg.num_heads, cfg.head_dim),
                           ("embed", "heads", "head_dim"), cfg)
@@ -87,7 +116,13 @@ class Attention(nn.Module):
         value = nn.with_logical_constraint(jnp.einsum("ble,ehd->blhd", x, value_w), KEY_VALUE_AXES)
         query = apply_rotary(query, positions, cfg.rope_theta)
         key = apply_rotary(key, positions, cfg.rope_theta)
-        attended = dot_product_attention(query, key, value, segment_ids, cfg.attention)
+        if cache_write is None:
+            attended = dot_product_attention(query, key, value, segment_ids, cfg.attention)
+        else:
+            # Always the XLA kernel: the cuDNN and splash kernels want equal, tile-sized query and key
+            # lengths (training shapes), while a decode step is one query against the whole cache.
+            attended = masked_attention(query, _cached(self, "key", key, cache_write.first_slot),
+                                        _cached(self, "value", value, cache_write.first_slot), cache_write.mask)
         attended = nn.with_logical_constraint(attended, QUERY_AXES)
         return jnp.einsum("blhd,hde->ble", attended, out_w)
 
@@ -114,10 +149,10 @@ class DecoderLayer(nn.Module):
     config: ModelConfig
 
     @nn.compact
-    def __call__(self, x, positions, segment_ids):
+    def __call__(self, x, positions, segment_ids, cache_write):
         x = nn.with_logical_constraint(x, RESIDUAL_AXES)
         attended = Attention(self.config, name="attention")(
-            RMSNorm(self.config, name="attention_norm")(x), positions, segment_ids)
+            RMSNorm(self.config, name="attention_norm")(x), positions, segment_ids, cache_write)
         x = nn.with_logical_constraint(x + attended, RESIDUAL_AXES)
         x = x + Mlp(self.config, name="mlp")(RMSNorm(self.config, name="mlp_norm")(x))
         return nn.with_logical_constraint(x, RESIDUAL_AXES), None
@@ -154,13 +189,22 @@ class Llama(nn.Module):
     tokens, positions, segment_ids: int32 [batch, length]. Positions restart at 0 for every packed
     example; segment ids are 1..k per example and 0 for padding. segment_ids=None means one causal
     sequence per row (positions still given explicitly).
+
+    decode=True runs against a key/value cache: `logits, {'cache': cache} = model.apply({'params': p,
+    'cache': cache}, tokens, positions, segment_ids, decode=True, mutable=['cache'])` writes the block
+    (a prompt, or one token per step) into the next free slots and attends over every slot written so
+    far, with the training masks: a token sees the slots at or before its own that carry its segment
+    id, so left padding (segment 0) stays invisible. The cache (see `init_cache`) holds, per layer,
+    'key'/'value' [layers, batch, cache_length, kv_heads, head_dim], plus 'segment_ids' [batch,
+    cache_length] and the write 'index'. Writing past cache_length is the caller's error: XLA clamps
+    the slot instead of failing.
     """
 
     config: ModelConfig
 
     @nn.compact
-    def __call__(self, tokens: jax.Array, positions: jax.Array,
-                 segment_ids: jax.Array | None = None) -> jax.Array:
+    def __call__(self, tokens: jax.Array, positions: jax.Array, segment_ids: jax.Array | None = None,
+                 decode: bool = False) -> jax.Array:
         cfg = self.config
         if tokens.ndim != 2 or positions.shape != tokens.shape:
             raise ValueError(f"Llama: tokens {tokens.shape} and positions {positions.shape} must both be "
@@ -168,15 +212,40 @@ class Llama(nn.Module):
         if tokens.shape[1] > cfg.max_seq_len:
             raise ValueError(f"Llama: sequence length {tokens.shape[1]} exceeds max_seq_len={cfg.max_seq_len}")
         x = nn.with_logical_constraint(Embedder(cfg, name="embedder")(tokens), RESIDUAL_AXES)
+        cache_write = self._claim_cache_slots(tokens, segment_ids) if decode else None
 
         layer = DecoderLayer
-        if cfg.remat != "none":
+        if cfg.remat != "none" and not decode:
             # prevent_cse guards against XLA merging the recomputation away; a scan body cannot be
             # CSE'd across iterations, so it would only cost speed here.
             layer = nn.remat(layer, policy=CHECKPOINT_POLICIES[cfg.remat], prevent_cse=False)
-        stack = nn.scan(layer, variable_axes={"params": 0}, split_rngs={"params": True},
-                        in_axes=(nn.broadcast, nn.broadcast), length=cfg.num_layers,
+        stack = nn.scan(layer, variable_axes={"params": 0, "cache": 0}, split_rngs={"params": True},
+                        in_axes=(nn.broadcast, nn.broadcast, nn.broadcast), length=cfg.num_layers,
                         unroll=1 if cfg.scan_layers else cfg.num_layers,
                         metadata_params={nn.PARTITION_NAME: "layers"})
-        x, _ = stack(cfg, name="layers")(x, positions, segment_ids)
+        x, _ = stack(cfg, name="layers")(x, positions, segment_ids, cache_write)
         return LmHead(cfg, name="lm_head")(RMSNorm(cfg, name="final_norm")(x))
+
+    def _claim_cache_slots(self, tokens: jax.Array, segment_ids: jax.Array | None) -> CacheWrite:
+        """Record the block's segment ids in the next free slots, advance the write index, and mask."""
+        if segment_ids is None:
+            segment_ids = jnp.ones_like(tokens)
+        segment_ids_slots = self.variable("cache", "segment_ids",
+                                          nn.with_logical_partitioning(jnp.zeros, CACHE_SEGMENT_AXES),
+                                          tokens.shape, jnp.int32)
+        write_index = self.variable("cache", "index", jnp.zeros, (), jnp.int32)
+        first_slot = write_index.value
+        segment_ids_slots.value = jax.lax.dynamic_update_slice_in_dim(
+            segment_ids_slots.value, segment_ids.astype(jnp.int32), first_slot, axis=1)
+        write_index.value = first_slot + tokens.shape[1]
+        slot_segment_ids = nn.with_logical_constraint(segment_ids_slots.value, CACHE_SEGMENT_AXES)
+        return CacheWrite(first_slot, segment_causal_mask(segment_ids, slot_segment_ids, first_slot))
+
+
+def init_cache(config: ModelConfig, batch_size: int, cache_length: int):
+    """An empty cache for `Llama(config).apply(..., decode=True)`: zeros (unboxed) for batch_size rows
+    of cache_length slots. Inside a jit this costs no model computation (only shapes are traced)."""
+    slots = jax.ShapeDtypeStruct((batch_size, cache_length), jnp.int32)
+    init = functools.partial(Llama(config).init, decode=True)
+    shapes = nn.unbox(jax.eval_shape(init, jax.random.key(0), slots, slots, slots)["cache"])
+    return jax.tree.map(lambda leaf: jnp.zeros(leaf.shape, leaf.dtype), shapes)
