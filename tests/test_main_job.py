@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from orca_jax.config import load_config
+from orca_jax.config import ConfigError, load_config
 from orca_jax.train import loop
 from orca_jax.train.main import main
 
@@ -62,4 +62,7 @@ def test_stage_plan_errors_name_the_stage(repo_root):
     config.stages.stage1.init = "random"
     config.stage_order = ("stage1",)
     with pytest.raises(loop.StageConfigError, match="stage_order"):
+        loop.plan_stages(config, tokenizer=None)
+    config.checkpoint.every_steps = 0
+    with pytest.raises(ConfigError, match="checkpoint.every_steps must be an integer >= 1"):
         loop.plan_stages(config, tokenizer=None)

@@ -9,6 +9,29 @@ next batch, so an interrupted run ends bit-identical to an uninterrupted one (sa
 Every stage's length is fixed before it starts (given as steps, or counted from its epochs by one
 pass over the packed data), because the learning-rate schedule and the global step numbering of
 checkpoints depend on it.
+
+The config fields this module reads (configs/demo.py and configs/orca_13b.py set them all):
+    workdir: str                 checkpoints/, metrics.jsonl, tensorboard/, stage_lengths.json
+    seed: int                    random init of stage k uses fold_in(key(seed), k); data order seed + k
+    model: ModelConfig fields    see orca_jax/model/config.py
+    mesh: data, fsdp, tensor     mesh axis sizes, one of them may be -1 ("the rest")
+    data.tokenizer: str          sentencepiece .model path
+    data.template: str           prompt template name ('orca', 'chatml')
+    data.seq_len: int            packed row length
+    data.batch_size: int         global rows per optimizer step
+    data.pack_window: int        records packed together (pipeline.py)
+    data.validation_batches: int batches per validation pass, 0 for the whole validation split
+    stage_order: tuple[str]      the names of `stages`, in training order
+    stages.<name>.dataset_dir    a dataset built by `orca-jax prepare-data` (train + validation splits)
+    stages.<name>.init: str      'random', 'previous' or a params directory (`orca-jax convert-weights`)
+    stages.<name>.epochs: int    passes over the data, or 0 when num_steps is given
+    stages.<name>.num_steps: int optimizer steps (the data repeats as needed), or 0 when epochs is given
+    stages.<name>.optimizer      OptimizerConfig fields (optimizer.py)
+    checkpoint.every_steps: int  save period in steps; every stage's last step is saved too
+    checkpoint.keep: int         latest checkpoints kept, besides every stage's final one
+    log_every_steps: int         metrics period
+    eval_every_steps: int        validation-loss period, 0 for only the start and end of each stage
+    debug.nan_at_step: int       global step whose batch is poisoned with NaN (tests the guard), -1 off
 """
 
 from __future__ import annotations
@@ -25,6 +48,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
+from orca_jax.config import ConfigError
 from orca_jax.data import pipeline, shards
 from orca_jax.data.tokenizer import Tokenizer
 from orca_jax.model import ModelConfig, params_io
@@ -131,7 +155,18 @@ def count_steps(config, dataset_dir: str, tokenizer: Tokenizer, seed: int, epoch
     return steps
 
 
+def _check_cadence(config) -> None:
+    for name, value, least in (("checkpoint.every_steps", config.checkpoint.every_steps, 1),
+                               ("checkpoint.keep", config.checkpoint.keep, 1),
+                               ("log_every_steps", config.log_every_steps, 1),
+                               ("eval_every_steps", config.eval_every_steps, 0),
+                               ("data.batch_size", config.data.batch_size, 1)):
+        if not isinstance(value, int) or value < least:
+            raise ConfigError(f"{name} must be an integer >= {least}, got {value!r}")
+
+
 def plan_stages(config, tokenizer: Tokenizer) -> list[StagePlan]:
+    _check_cadence(config)
     names = list(config.stage_order)
     if sorted(names) != sorted(config.stages.keys()):
         raise StageConfigError(f"stage_order {names} must list each of stages {sorted(config.stages)} once")
