@@ -90,7 +90,7 @@ def get_config() -> ConfigDict:
         "tokenizer_pieces": 1000,
         "validation_fraction": 0.05,
         "eval_questions": 100,  # held-out questions scored by greedy decoding (0: all eval_rows)
-        "max_new_tokens": 48,
+        "max_new_tokens": 128,  # stage 2's step-by-step answers run to ~100 tokens before "Answer:"
         "eval_batch_size": 50,
     })
     return config
