@@ -189,6 +189,11 @@ def plan_stages(config, tokenizer: Tokenizer) -> list[StagePlan]:
     return plans
 
 
+def stage_init_rng(seed: int, stage_index: int) -> jax.Array:
+    """The key a stage with init='random' draws its parameters from."""
+    return jax.random.fold_in(jax.random.key(seed), stage_index)
+
+
 class PreemptionWatch:
     """Turns SIGTERM (how a TPU VM announces preemption) into a flag the loop polls between steps."""
 
@@ -229,7 +234,7 @@ class Stage:
     def initial_params(self, checkpointer: Checkpointer, previous: StagePlan | None):
         init = self.plan.init
         if init == INIT_RANDOM:
-            rng = jax.random.fold_in(jax.random.key(self.config.seed), self.plan.index)
+            rng = stage_init_rng(self.config.seed, self.plan.index)
             return train_step.init_params(self.model_config, rng, self.params_abstract)
         if init == INIT_PREVIOUS:
             return checkpointer.restore_params(previous.last_step, self.params_abstract)

@@ -107,8 +107,8 @@ def demo_report(config, mesh, tokenizer: Tokenizer, plans: list[loop.StagePlan])
                              max_new_tokens=config.demo.max_new_tokens, batch_size=config.demo.eval_batch_size,
                              mesh=mesh, limit=config.demo.eval_questions)["accuracy"]
 
-    untrained = train_step.init_params(model_config, jax.random.fold_in(jax.random.key(config.seed), 0),
-                                       params_abstract)
+    # The first stage's own starting point when it starts from random weights.
+    untrained = train_step.init_params(model_config, loop.stage_init_rng(config.seed, 0), params_abstract)
     report = {"exact_match": {"untrained": accuracy(untrained)}}
     checkpointer = Checkpointer(pathlib.Path(config.workdir) / "checkpoints", keep=config.checkpoint.keep,
                                 keep_steps=[plan.last_step for plan in plans])
