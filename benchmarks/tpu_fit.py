@@ -32,6 +32,7 @@ import json  # noqa: E402
 import re  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
+from unittest import mock  # noqa: E402
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -120,7 +121,10 @@ def compile_train_step(job: FitJob, mesh):
     parallel.check_divisible("batch_size / grad_accum_steps", job.batch_size // microbatches, mesh, ("data", "fsdp"))
     # Built before the mesh becomes current: with a current mesh of these compile-only devices any
     # eager JAX op would try to run on a TPU that is not there.
-    state = step.abstract_state(params_io.abstract_params(job.model, mesh), optimizer, mesh)
+    # Parameter shapes do not depend on the attention kernel, and splash cannot run the 1-token init
+    # that abstract_params traces, so the parameters are described with XLA attention.
+    params = params_io.abstract_params(job.model.replace(attention="xla"), mesh)
+    state = step.abstract_state(params, optimizer, mesh)
     shardings = step.shardings_of(state)
     batch_sharding = {key: parallel.batch_sharding(mesh) for key in step.BATCH_KEYS}
     batch = {key: jax.ShapeDtypeStruct((job.batch_size, job.seq_len), BATCH_DTYPES[key], sharding=batch_sharding[key])
@@ -128,7 +132,9 @@ def compile_train_step(job: FitJob, mesh):
     train = jax.jit(functools.partial(step.train_step, model, optimizer, microbatches),
                     in_shardings=(shardings, batch_sharding),
                     out_shardings=(shardings, NamedSharding(mesh, PartitionSpec())), donate_argnums=0)
-    with parallel.activate(mesh):
+    # attention.py runs the splash Pallas kernel in interpret mode (plain XLA ops) unless
+    # jax.default_backend() is 'tpu', which on this CPU host it is not although the target is a TPU.
+    with parallel.activate(mesh), mock.patch.object(jax, "default_backend", lambda: "tpu"):
         return train.lower(state, batch).compile()
 
 

@@ -2,7 +2,11 @@
 # Runs ON each TPU VM worker (setup.sh, launch.sh and stop.sh call it over ssh with --worker=all).
 #
 #   worker.sh install          virtualenv with orca-jax and jax[tpu]; gcsfuse
-#   worker.sh start ARGS...    (re)start `orca-jax train ARGS...` in the background, logging to ~/orca-logs
+#   worker.sh start CONFIG ARGS...
+#                              (re)start `orca-jax train --config CONFIG ARGS...` in the background, logging
+#                              to ~/orca-logs; CONFIG is relative to the checkout, and the job runs in the
+#                              bucket mount, so the config's relative paths (weights/, data/, runs/) are
+#                              paths in the bucket
 #   worker.sh stop             SIGTERM the run (it saves a checkpoint, then exits) and wait for it
 #
 # Needs ORCA_BUCKET, ORCA_MOUNT and ORCA_JAX_SPEC in the environment (common.sh's worker_command).
@@ -78,22 +82,24 @@ stop() {
 }
 
 start() {
+    local config="$REPO/$1" log
+    shift
+    [[ -f "$config" ]] || { echo "no config $config" >&2; exit 1; }
     stop
     mount_bucket
     mkdir -p "$LOGS"
-    local log
     log="$LOGS/train-$(date -u +%Y%m%dT%H%M%SZ).log"
     ln -sfn "$log" "$LOGS/train.log"
-    cd "$REPO"
+    cd "$ORCA_MOUNT"
     # setsid: the run outlives this ssh session; the trainer resumes from its latest checkpoint.
-    setsid nohup "$VENV/bin/orca-jax" train "$@" >"$log" 2>&1 </dev/null &
+    setsid nohup "$VENV/bin/orca-jax" train --config "$config" "$@" >"$log" 2>&1 </dev/null &
     echo $! >"$PIDFILE"
     echo "started run $! on $(hostname), log $log"
 }
 
 case "${1:-}" in
     install) install ;;
-    start) shift; start "$@" ;;
+    start) [[ $# -ge 2 ]] || usage; shift; start "$@" ;;
     stop) stop ;;
     *) usage ;;
 esac
