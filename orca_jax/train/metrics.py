@@ -20,15 +20,13 @@ from tensorboardX import SummaryWriter
 from orca_jax import flops
 from orca_jax.model import ModelConfig
 
-# Peak dense bf16 FLOP/s per device, from the vendors' data sheets; MFU is left out elsewhere
-# (a CPU has no meaningful peak).
+# Peak dense bf16 FLOP/s per device (keyed by jax's device_kind), from the vendors' data sheets;
+# MFU is left out elsewhere (a CPU has no meaningful peak).
 PEAK_FLOPS_BY_DEVICE_KIND = {
     "TPU v4": 275e12,
-    "TPU v5 lite": 197e12,
-    "TPU v5e": 197e12,
-    "TPU v5": 459e12,
-    "TPU v5p": 459e12,
-    "TPU v6 lite": 918e12,
+    "TPU v5 lite": 197e12,  # v5e
+    "TPU v5": 459e12,  # v5p
+    "TPU v6 lite": 918e12,  # Trillium
     "NVIDIA H100 80GB HBM3": 989e12,
     "NVIDIA H200": 989e12,
 }
