@@ -3,6 +3,8 @@
 Every implementation computes the same thing: a query attends to keys at or before its position that
 carry the same segment id (packed examples never see each other; padding, id 0, only sees padding).
 Grouped-query attention shares each key/value head among num_heads // num_kv_heads query heads.
+`masked_attention` (the XLA kernel) also takes queries against a longer key/value cache, with
+`segment_causal_mask` placing the queries inside it; decoding uses that pair.
 """
 
 from __future__ import annotations
