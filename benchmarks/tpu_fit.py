@@ -10,8 +10,8 @@ batch shardings the training job uses (orca_jax.parallel's rules on the config's
 allocated: parameters, optimizer state and batch are abstract shapes. The compiler's memory analysis
 gives the per-chip bytes; a RESOURCE_EXHAUSTED compile error is the answer "does not fit", not a crash.
 
-Prints one JSON object per compile and a table. --sweep_batch doubles the per-chip batch from the
-config's until it no longer fits (gradient accumulation off) and reports the largest that fits.
+Prints one JSON object per compile and a table. --sweep_batch doubles the batch from the config's
+(gradient accumulation off) until a compile does not fit: the last row that fits is the answer.
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ BATCH_DTYPES = {"inputs": jnp.int32, "targets": jnp.int32, "loss_weights": jnp.f
 
 
 class TopologyError(ValueError):
-    """A --topology that libtpu cannot describe or this script has no chip figures for."""
+    """A --topology that is malformed, of a generation with no figures here, or rejected by libtpu."""
 
 
 def load_topology(name: str) -> tuple[ChipKind, list[jax.Device], str]:
@@ -82,7 +82,10 @@ def load_topology(name: str) -> tuple[ChipKind, list[jax.Device], str]:
     chip = CHIPS[generation]
     # Megacore chips (v4, v5p) run their two TensorCores as one JAX device, which is how they train.
     options = {"chip_config_name": "megacore"} if chip.cores_per_chip == 2 else {}
-    devices = topologies.get_topology_desc(topology_name=name, platform="tpu", **options).devices
+    try:
+        devices = topologies.get_topology_desc(topology_name=name, platform="tpu", **options).devices
+    except jax.errors.JaxRuntimeError as err:  # libtpu's own check, e.g. a shape not made of whole hosts
+        raise TopologyError(f"--topology {name!r}: {err}") from None
     return chip, devices, f"{chip.accelerator_prefix}-{len(devices) * chip.cores_per_chip}"
 
 
@@ -119,10 +122,9 @@ def compile_train_step(job: FitJob, mesh):
     optimizer = make_optimizer(job.optimizer, total_steps=job.optimizer.warmup_steps + 1)
     parallel.check_divisible("batch_size", job.batch_size, mesh, ("data", "fsdp"))
     parallel.check_divisible("batch_size / grad_accum_steps", job.batch_size // microbatches, mesh, ("data", "fsdp"))
-    # Built before the mesh becomes current: with a current mesh of these compile-only devices any
-    # eager JAX op would try to run on a TPU that is not there.
-    # Parameter shapes do not depend on the attention kernel, and splash cannot run the 1-token init
-    # that abstract_params traces, so the parameters are described with XLA attention.
+    # Described before the mesh becomes current (under a current mesh of these compile-only devices an
+    # eager JAX op would try to run on a TPU that is not there), and with XLA attention: parameter
+    # shapes do not depend on the kernel, and splash cannot trace the 1-token init of abstract_params.
     params = params_io.abstract_params(job.model.replace(attention="xla"), mesh)
     state = step.abstract_state(params, optimizer, mesh)
     shardings = step.shardings_of(state)
@@ -201,13 +203,13 @@ def gib(num_bytes: int | None) -> str:
 
 
 def table(results: list[dict]) -> str:
-    header = ("topology", "type", "mesh d/f/t", "batch", "per chip", "layers", "remat", "args GiB",
+    header = ("topology", "type", "mesh d/f/t", "batch", "per chip", "layers", "remat", "attention", "args GiB",
               "out GiB", "alias GiB", "temp GiB", "code GiB", "total GiB", "HBM GiB", "fits", "compile s")
     rows = [header]
     for r in results:
         mesh = "/".join(str(r["mesh"][axis]) for axis in parallel.MESH_AXES)
         rows.append((r["topology"], r["accelerator_type"], mesh, str(r["batch_size"]), f"{r['per_chip_batch']:g}",
-                     str(r["num_layers"]), r["remat"], gib(r.get("argument_bytes")), gib(r.get("output_bytes")),
+                     str(r["num_layers"]), r["remat"], r["attention"], gib(r.get("argument_bytes")), gib(r.get("output_bytes")),
                      gib(r.get("alias_bytes")), gib(r.get("temp_bytes")), gib(r.get("code_bytes")),
                      gib(r.get("total_bytes")), gib(r["hbm_bytes"]), "yes" if r["fits"] else "NO",
                      str(r["compile_seconds"])))
@@ -224,15 +226,22 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--out", help="append the JSON results to this file, one per line")
     args = parser.parse_args(rest)
     job = job_from_config(config)
-    if args.sweep_batch:
-        results = sweep_batch(job, args.topology)
-    else:
-        results = [measure(job, args.topology)]
-        print(json.dumps(results[0]), flush=True)
+    try:
+        if args.sweep_batch:
+            results = sweep_batch(job, args.topology)
+        else:
+            results = [measure(job, args.topology)]
+            print(json.dumps(results[0]), flush=True)
+    except (TopologyError, parallel.MeshShapeError) as err:
+        print(f"tpu_fit: {err}", file=sys.stderr)
+        return 2
     if args.out:
         with open(args.out, "a") as out:
             out.writelines(json.dumps(r) + "\n" for r in results)
     print(table(results))
+    for r in results:
+        if "error" in r:
+            print(f"{r['topology']} batch {r['batch_size']}: {r['error']}")
     return 0
 
 
