@@ -17,10 +17,11 @@ def test_demo_trains_both_stages_and_reports_accuracy(tmp_path):
     workdir = tmp_path / "demo"
     overrides = [
         f"--config.workdir={workdir}",
-        "--config.demo.stage1_rows=800", "--config.demo.stage2_rows=400", "--config.demo.eval_rows=20",
+        "--config.demo.stage1_rows=600", "--config.demo.stage2_rows=300", "--config.demo.eval_rows=8",
+        "--config.demo.max_new_tokens=32", "--config.demo.eval_batch_size=8",
         "--config.data.batch_size=8", "--config.checkpoint.every_steps=10",
     ]
-    for stage, steps in (("stage1", 30), ("stage2", 15)):
+    for stage, steps in (("stage1", 24), ("stage2", 12)):
         overrides += [f"--config.stages.{stage}.epochs=0", f"--config.stages.{stage}.num_steps={steps}",
                       f"--config.stages.{stage}.optimizer.warmup_steps=3"]
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
