@@ -11,6 +11,7 @@ position instead of a forward pass over the whole sequence; see `Llama` and `ini
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import NamedTuple
 
@@ -240,6 +241,17 @@ class Llama(nn.Module):
         write_index.value = first_slot + tokens.shape[1]
         slot_segment_ids = nn.with_logical_constraint(segment_ids_slots.value, CACHE_SEGMENT_AXES)
         return CacheWrite(first_slot, segment_causal_mask(segment_ids, slot_segment_ids, first_slot))
+
+
+def init_params(config: ModelConfig, rng: jax.Array):
+    """Freshly initialised parameters of `config`, still boxed with their logical axis names.
+
+    Parameter shapes depend on neither the input's nor the attention kernel, so a one-token input
+    through the XLA kernel serves every config (splash accepts only tile-sized sequences).
+    """
+    one_token = jnp.zeros((1, 1), jnp.int32)
+    model = Llama(dataclasses.replace(config, attention="xla"))
+    return model.init(rng, one_token, one_token, one_token)["params"]
 
 
 def init_cache(config: ModelConfig, batch_size: int, cache_length: int):

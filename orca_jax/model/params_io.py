@@ -27,7 +27,7 @@ from jax.sharding import Mesh
 
 from orca_jax import parallel
 from orca_jax.model.config import ModelConfig
-from orca_jax.model.llama import Llama
+from orca_jax.model.llama import init_params
 
 PARAMS_SUBDIR = "params"
 CONFIG_FILE = "model_config.json"
@@ -117,8 +117,7 @@ def abstract_params(model_config: ModelConfig, mesh: Mesh, dtype: str | None = N
 
     `dtype` defaults to the config's param_dtype. Nothing is allocated.
     """
-    dummy = np.zeros((1, 1), np.int32)
-    boxed = jax.eval_shape(lambda: Llama(model_config).init(jax.random.key(0), dummy, dummy, dummy))["params"]
+    boxed = jax.eval_shape(lambda: init_params(model_config, jax.random.key(0)))
     shardings = parallel.param_shardings(mesh, boxed)
     dtype = jnp.dtype(dtype or model_config.param_dtype)
     return jax.tree.map(lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, dtype, sharding=sharding),

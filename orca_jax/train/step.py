@@ -21,7 +21,7 @@ from flax import linen as nn
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from orca_jax import parallel
-from orca_jax.model import Llama, ModelConfig
+from orca_jax.model import Llama, ModelConfig, llama
 
 Batch = dict[str, jax.Array]
 BATCH_KEYS = ("inputs", "targets", "loss_weights", "segment_ids", "positions")
@@ -54,13 +54,9 @@ def shardings_of(abstract_tree):
 def init_params(model_config: ModelConfig, rng: jax.Array, params_abstract):
     """Random parameters (from `params_io.abstract_params`), created directly in their shards."""
     mesh = jax.tree.leaves(params_abstract)[0].sharding.mesh
-    tokens = jnp.zeros((1, 1), jnp.int32)  # parameter shapes do not depend on the input's
-
-    def init(rng):
-        return nn.unbox(Llama(model_config).init(rng, tokens, tokens, tokens)["params"])
-
     with parallel.activate(mesh):
-        return jax.jit(init, out_shardings=shardings_of(params_abstract))(rng)
+        return jax.jit(lambda rng: nn.unbox(llama.init_params(model_config, rng)),
+                       out_shardings=shardings_of(params_abstract))(rng)
 
 
 def init_state(params, optimizer: optax.GradientTransformation, state_abstract: TrainState) -> TrainState:
