@@ -27,21 +27,19 @@ os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
 import argparse  # noqa: E402
 import dataclasses  # noqa: E402
-import functools  # noqa: E402
 import json  # noqa: E402
 import re  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
-from unittest import mock  # noqa: E402
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from jax.experimental import topologies  # noqa: E402
-from jax.sharding import AxisType, NamedSharding, PartitionSpec  # noqa: E402
+from jax.sharding import AxisType  # noqa: E402
 
 from orca_jax import parallel  # noqa: E402
 from orca_jax.config import parse_config_args  # noqa: E402
-from orca_jax.model import Llama, ModelConfig, params_io  # noqa: E402
+from orca_jax.model import ModelConfig, params_io  # noqa: E402
 from orca_jax.train import step  # noqa: E402
 from orca_jax.train.optimizer import OptimizerConfig, make_optimizer  # noqa: E402
 
@@ -115,28 +113,20 @@ def job_from_config(config) -> FitJob:
 
 
 def compile_train_step(job: FitJob, mesh):
-    """Lower and compile step.train_step exactly as step.CompiledSteps jits it, on abstract inputs."""
-    model = Llama(job.model)
+    """Lower and compile the trainer's own jitted step (step.CompiledSteps) on abstract inputs."""
     microbatches = job.optimizer.grad_accum_steps
     # The schedule's length does not change the compiled program; any positive count will do.
     optimizer = make_optimizer(job.optimizer, total_steps=job.optimizer.warmup_steps + 1)
     parallel.check_divisible("batch_size", job.batch_size, mesh, ("data", "fsdp"))
     parallel.check_divisible("batch_size / grad_accum_steps", job.batch_size // microbatches, mesh, ("data", "fsdp"))
-    # Described before the mesh becomes current (under a current mesh of these compile-only devices an
-    # eager JAX op would try to run on a TPU that is not there), and with XLA attention: parameter
-    # shapes do not depend on the kernel, and splash cannot trace the 1-token init of abstract_params.
-    params = params_io.abstract_params(job.model.replace(attention="xla"), mesh)
-    state = step.abstract_state(params, optimizer, mesh)
-    shardings = step.shardings_of(state)
-    batch_sharding = {key: parallel.batch_sharding(mesh) for key in step.BATCH_KEYS}
-    batch = {key: jax.ShapeDtypeStruct((job.batch_size, job.seq_len), BATCH_DTYPES[key], sharding=batch_sharding[key])
+    # Described before the mesh becomes current: under a current mesh of these compile-only devices an
+    # eager JAX op would try to run on a TPU that is not there.
+    state = step.abstract_state(params_io.abstract_params(job.model, mesh), optimizer, mesh)
+    batch_sharding = parallel.batch_sharding(mesh)
+    batch = {key: jax.ShapeDtypeStruct((job.batch_size, job.seq_len), BATCH_DTYPES[key], sharding=batch_sharding)
              for key in step.BATCH_KEYS}
-    train = jax.jit(functools.partial(step.train_step, model, optimizer, microbatches),
-                    in_shardings=(shardings, batch_sharding),
-                    out_shardings=(shardings, NamedSharding(mesh, PartitionSpec())), donate_argnums=0)
-    # attention.py runs the splash Pallas kernel in interpret mode (plain XLA ops) unless
-    # jax.default_backend() is 'tpu', which on this CPU host it is not although the target is a TPU.
-    with parallel.activate(mesh), mock.patch.object(jax, "default_backend", lambda: "tpu"):
+    train = step.CompiledSteps(job.model, optimizer, microbatches, mesh, state).jitted_train
+    with parallel.activate(mesh):
         return train.lower(state, batch).compile()
 
 

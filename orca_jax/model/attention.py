@@ -122,12 +122,16 @@ def _splash_attention(query, key, value, segment_ids):
     query = jnp.swapaxes(query / np.sqrt(head_dim).astype(query.dtype), 1, 2)
     key, value = jnp.swapaxes(key, 1, 2), jnp.swapaxes(value, 1, 2)
 
+    mesh = jax.sharding.get_abstract_mesh()
+    # The mesh's devices, not the host's backend, say what the kernel is compiled for: a CPU host
+    # compiling ahead of time for a TPU topology must emit the real Mosaic kernel.
+    platform = jax.default_backend() if mesh.empty else mesh.abstract_device.platform
+
     def per_shard(query, key, value, segment_ids):
-        kernel = _splash_kernel(query.shape[1], length, interpret=jax.default_backend() != "tpu")
+        kernel = _splash_kernel(query.shape[1], length, interpret=platform != "tpu")
         ids = jax.vmap(splash.SegmentIds)(segment_ids, segment_ids)
         return jax.vmap(kernel)(query, key, value, segment_ids=ids)
 
-    mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty:
         out = per_shard(query, key, value, segment_ids)
     else:

@@ -129,15 +129,16 @@ class CompiledSteps:
         model = Llama(model_config)
         batch_sharding = {key: parallel.batch_sharding(mesh) for key in BATCH_KEYS}
         replicated = NamedSharding(mesh, PartitionSpec())
-        self._train = jax.jit(functools.partial(train_step, model, optimizer, num_microbatches),
-                              in_shardings=(shardings, batch_sharding),
-                              out_shardings=(shardings, replicated), donate_argnums=0)
+        self.jitted_train = jax.jit(functools.partial(train_step, model, optimizer, num_microbatches),
+                                    in_shardings=(shardings, batch_sharding),
+                                    out_shardings=(shardings, replicated), donate_argnums=0)
+        """The jitted train step itself, for ahead-of-time lowering (benchmarks/tpu_fit.py)."""
         self._eval = jax.jit(functools.partial(eval_step, model),
                              in_shardings=(shardings.params, batch_sharding), out_shardings=replicated)
 
     def train(self, state: TrainState, batch: Batch) -> tuple[TrainState, dict[str, jax.Array]]:
         with parallel.activate(self.mesh):
-            return self._train(state, batch)
+            return self.jitted_train(state, batch)
 
     def eval(self, params, batch: Batch) -> dict[str, jax.Array]:
         with parallel.activate(self.mesh):
