@@ -15,6 +15,11 @@ The tasks have short verifiable answers and were chosen so that a 1-5M parameter
 in a few hundred steps: the answer is a number or weekday named in the question, or one successor/
 predecessor chain away from it, and the step-by-step explanations spell out exactly that chain
 (counting up or down, running maxima, next weekdays), which is the point of explanation tuning.
+
+Operands are kept small (numbers 1-25, at most 5 counting steps, lists of 3-5, weekdays at most a
+week away) because the demo's few hundred CPU steps teach a ~1M-parameter model to copy numbers from
+the question only when there are few of them to copy: with two-digit operands up to 99, lists of up
+to 7 and chains of up to 9 steps it learned the format but answered about 5% of held-out questions.
 """
 
 from __future__ import annotations
@@ -55,7 +60,7 @@ def _steps(count: int) -> str:
 
 
 def _add(rng: random.Random) -> Problem:
-    a, b = rng.randint(10, 89), rng.randint(1, 9)
+    a, b = rng.randint(1, 20), rng.randint(1, 5)
     question = rng.choice(("What is {a} plus {b}?", "Add {a} and {b}.", "Compute {a} + {b}.")).format(a=a, b=b)
     counting = _number_list(list(range(a + 1, a + b + 1)))
     return Problem(("add", a, b), question, str(a + b), f"{a} + {b} = {a + b}.",
@@ -63,7 +68,7 @@ def _add(rng: random.Random) -> Problem:
 
 
 def _subtract(rng: random.Random) -> Problem:
-    a, b = rng.randint(10, 99), rng.randint(1, 9)
+    a, b = rng.randint(6, 25), rng.randint(1, 5)
     question = rng.choice(("What is {a} minus {b}?", "Subtract {b} from {a}.", "Compute {a} - {b}.")).format(a=a, b=b)
     counting = _number_list(list(range(a - 1, a - b - 1, -1)))
     return Problem(("subtract", a, b), question, str(a - b), f"{a} - {b} = {a - b}.",
@@ -71,7 +76,7 @@ def _subtract(rng: random.Random) -> Problem:
 
 
 def _compare(rng: random.Random) -> Problem:
-    a, b = rng.sample(range(10, 100), 2)
+    a, b = rng.sample(range(1, 21), 2)
     want_larger = rng.random() < 0.5
     word = "larger" if want_larger else "smaller"
     question = rng.choice(("Which number is {w}, {a} or {b}?", "Which is {w}: {a} or {b}?")).format(w=word, a=a, b=b)
@@ -85,7 +90,7 @@ def _compare(rng: random.Random) -> Problem:
 
 
 def _extreme(rng: random.Random, largest: bool) -> Problem:
-    numbers = rng.sample(range(1, 100), rng.randint(3, 5))
+    numbers = rng.sample(range(1, 21), 3)
     word, pick = ("largest", max) if largest else ("smallest", min)
     question = rng.choice((f"What is the {word} number in the list {{numbers}}?",
                            f"Find the {'maximum' if largest else 'minimum'} of {{numbers}}.")).format(
@@ -98,7 +103,7 @@ def _extreme(rng: random.Random, largest: bool) -> Problem:
 
 
 def _sort(rng: random.Random) -> Problem:
-    numbers = rng.sample(range(1, 100), rng.randint(3, 4))
+    numbers = rng.sample(range(1, 21), 3)
     question = rng.choice(("Sort {numbers} from smallest to largest.",
                            "Put these numbers in increasing order: {numbers}.")).format(numbers=_number_list(numbers))
     remaining, steps = list(numbers), []
@@ -113,7 +118,7 @@ def _sort(rng: random.Random) -> Problem:
 
 
 def _count(rng: random.Random) -> Problem:
-    numbers = [rng.randint(1, 99) for _ in range(rng.randint(3, 7))]
+    numbers = [rng.randint(1, 20) for _ in range(rng.randint(3, 5))]
     question = rng.choice(("How many numbers are in the list {numbers}?",
                            "Count the numbers in this list: {numbers}.")).format(numbers=_number_list(numbers))
     tally = ", ".join(f"{n} ({i})" for i, n in enumerate(numbers, start=1))
@@ -122,7 +127,7 @@ def _count(rng: random.Random) -> Problem:
 
 
 def _weekday(rng: random.Random) -> Problem:
-    start, days, forward = rng.randrange(7), rng.randint(1, 9), rng.random() < 0.5
+    start, days, forward = rng.randrange(7), rng.randint(1, 7), rng.random() < 0.5
     unit = "day" if days == 1 else "days"
     if forward:
         question = rng.choice(("What day of the week is {n} {unit} after {day}?",
