@@ -125,6 +125,9 @@ def prepare(inputs: Sequence[str], output: str | pathlib.Path, *, tokenizer: Tok
         })
         (dataset_dir / REPORT_NAME).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
 
+    # Our own bar counts records; TFDS's per-split bars would interleave with it (or, with
+    # progress=False, be the only noise left in the caller's output).
+    tfds.disable_progress_bar()
     with tqdm.tqdm(valid, desc="records", unit=" records", disable=not progress) as progress_bar:
         shards.build_dataset(records_of(progress_bar), output, num_shards=num_shards, validation=validation,
                              seed=seed, on_write=on_write, add_files=write_report)
@@ -156,8 +159,6 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    # Our own bar counts records; TFDS's per-split bars would interleave with it.
-    tfds.disable_progress_bar()
     try:
         report = prepare(args.input.split(","), args.output, tokenizer=Tokenizer.load(args.tokenizer),
                          template=args.template, seq_len=args.seq_len, validation=args.validation,
