@@ -73,7 +73,9 @@ def get_config() -> ConfigDict:
     config.stage_order = ("stage1", "stage2")
     config.stages = ConfigDict({
         "stage1": _stage(workdir, "stage1", init="random", epochs=2, learning_rate=3e-3, warmup_steps=20),
-        "stage2": _stage(workdir, "stage2", init="previous", epochs=3, learning_rate=1e-3, warmup_steps=10),
+        # Stage 2 at stage 1's rate: at 1e-3 the step-by-step model copied the same weekday or number into
+        # every counting step and scored 19% held out (below stage 1's 24%); at 3e-3 it scored 29%.
+        "stage2": _stage(workdir, "stage2", init="previous", epochs=3, learning_rate=3e-3, warmup_steps=20),
     })
 
     config.checkpoint = ConfigDict({"every_steps": 50, "keep": 2})
