@@ -6,6 +6,7 @@ big_vision. A command line names one with `--config path.py[:arg]` and overrides
 from __future__ import annotations
 
 import ast
+import dataclasses
 import importlib.util
 import pathlib
 from typing import Any
@@ -27,6 +28,19 @@ def load_config(spec: str):
     if not hasattr(module, "get_config"):
         raise ConfigError(f"config file {path} defines no get_config()")
     return module.get_config(arg) if arg else module.get_config()
+
+
+def typed_block(cls, block, error_type: type[Exception], what: str):
+    """Build the dataclass `cls` from a config block (ConfigDict or dict).
+
+    Unknown fields raise `error_type` naming them: a misspelt field must not fall back to a default.
+    """
+    values = dict(block.items())
+    known = {field.name for field in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise error_type(f"unknown {what} fields {unknown}; known: {sorted(known)}")
+    return cls(**values)
 
 
 def _parse_value(text: str) -> Any:

@@ -283,6 +283,6 @@ def _text_of(location: str, field: str, value: Any) -> str:
     try:
         value.encode("utf-8")
     except UnicodeEncodeError as err:
-        # Undecodable JSONL bytes (surrogate escapes) or a lone-surrogate "\udXXX" JSON escape.
+        # Undecodable JSONL bytes (surrogate escapes) or a JSON escape of a lone surrogate (e.g. "\udc80").
         raise BadRowError(location, field, INVALID_UTF8, f"not valid UTF-8 (at character {err.start})") from None
     return value

@@ -12,6 +12,8 @@ from typing import Any
 
 import jax.numpy as jnp
 
+from orca_jax.config import typed_block
+
 REMAT_POLICIES = ("none", "full", "save_dots")
 ATTENTION_IMPLEMENTATIONS = ("xla", "cudnn", "splash")
 FLOAT_DTYPES = ("float32", "bfloat16", "float16")
@@ -84,12 +86,7 @@ class ModelConfig:
     @classmethod
     def from_config(cls, model_config: Mapping[str, Any]) -> ModelConfig:
         """Build from a config's `model` block (ConfigDict or dict); unknown fields are an error."""
-        values = dict(model_config.items())
-        known = {field.name for field in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ModelConfigError(f"unknown model config fields {unknown}; known: {sorted(known)}")
-        return cls(**values)
+        return typed_block(cls, model_config, ModelConfigError, "model config")
 
     def replace(self, **changes) -> ModelConfig:
         return dataclasses.replace(self, **changes)

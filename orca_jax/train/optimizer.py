@@ -13,6 +13,8 @@ from typing import Any
 import jax
 import optax
 
+from orca_jax.config import typed_block
+
 DECAYS = ("cosine", "linear", "constant")
 
 
@@ -57,11 +59,7 @@ class OptimizerConfig:
 
     @classmethod
     def from_config(cls, block: Mapping[str, Any]) -> OptimizerConfig:
-        block = dict(block)
-        unknown = set(block) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise OptimizerConfigError(f"unknown optimizer fields {sorted(unknown)}")
-        return cls(**block)
+        return typed_block(cls, block, OptimizerConfigError, "optimizer")
 
 
 def learning_rate_schedule(config: OptimizerConfig, total_steps: int) -> Callable[[int], Any]:
