@@ -1,48 +1,94 @@
-"""BIG-Bench Hard and AGIEval as zero-shot exact-match tasks, read from their public files.
+"""The evaluation sets as the files publish them: BIG-Bench Hard, AGIEval and the demo's held-out
+questions, read into one `Example` type, and the suites Orca reported.
 
-Layout expected under a benchmarks directory (the files as published; they are never copied here):
+Layout expected under a benchmarks directory (the public files; they are never copied here):
 
     bbh/<task>.json        {"examples": [{"input": str, "target": str}, ...]}   (27 tasks)
     agieval/<task>.jsonl   one {"passage", "question", "options", "label", ...} per line
 
-Prompting follows Orca's zero-shot evaluation: no exemplars, a system message asking for step-by-step
-reasoning, the options listed for multiple-choice questions, and a per-task statement of the answer's
-form. The system message also asks for the final `Answer:` line our training data ends with, which is
-what `exact_match.extract_answer` reads first. Multiple-choice golds are written "(B)" for both
-benchmarks, so `exact_match` accepts "B", "(B)" and "(B) <option text>".
+An `Example` keeps each field as its source writes it: BBH's input and target untouched, AGIEval's
+options as listed ("(A)5(√3 + 1)") and its label written "(C)". How a question becomes a prompt is
+`prompts.py`'s business, how a response is judged is `scoring.py`'s; both see the options.
+
+Suites (`SUITES`): Orca's zero-shot protocol scored the 23 multiple-choice BBH tasks (all but
+dyck_languages, multistep_arithmetic_two, object_counting and word_sorting: 5,511 examples) and the 8
+English multiple-choice AGIEval tasks (2,546 items); `orca` is both.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pathlib
-import re
 import string
 from collections.abc import Sequence
 
 from orca_jax.data.construct.jsonl import RecordFormatError, read_objects, require_strings
-from orca_jax.eval.exact_match import EvalExample
 
-SYSTEM_MESSAGE = (
-    "You are an AI assistant. The user will give you a task. Think step-by-step and justify your steps. "
-    "Then give your final answer on a last line of the form 'Answer: <answer>'.")
+BBH_FREE_FORM_TASKS = ("dyck_languages", "multistep_arithmetic_two", "object_counting", "word_sorting")
+BBH_ALL_TASKS = (
+    "boolean_expressions", "causal_judgement", "date_understanding", "disambiguation_qa", "dyck_languages",
+    "formal_fallacies", "geometric_shapes", "hyperbaton", "logical_deduction_five_objects",
+    "logical_deduction_seven_objects", "logical_deduction_three_objects", "movie_recommendation",
+    "multistep_arithmetic_two", "navigate", "object_counting", "penguins_in_a_table",
+    "reasoning_about_colored_objects", "ruin_names", "salient_translation_error_detection", "snarks",
+    "sports_understanding", "temporal_sequences", "tracking_shuffled_objects_five_objects",
+    "tracking_shuffled_objects_seven_objects", "tracking_shuffled_objects_three_objects", "web_of_lies",
+    "word_sorting")
+BBH_23_TASKS = tuple(task for task in BBH_ALL_TASKS if task not in BBH_FREE_FORM_TASKS)
+AGIEVAL_ENGLISH_TASKS = ("aqua-rat", "logiqa-en", "lsat-ar", "lsat-lr", "lsat-rc", "sat-math", "sat-en",
+                         "sat-en-without-passage")
 
-MULTIPLE_CHOICE_FORMAT = "Answer with the letter of the correct option in parentheses, for example (A)."
-# The two BBH tasks whose answers are free text rather than an option, a label or a number.
-OPEN_ANSWER_FORMATS = {
-    "dyck_languages": "Answer with the closing brackets that complete the sequence, separated by spaces.",
-    "word_sorting": "Answer with the words in sorted order, separated by single spaces.",
+# suite -> [(benchmark, tasks)]; a benchmark with tasks None means every task file in its directory.
+SUITES: dict[str, tuple[tuple[str, tuple[str, ...] | None], ...]] = {
+    "orca": (("bbh", BBH_23_TASKS), ("agieval", AGIEVAL_ENGLISH_TASKS)),
+    "bbh23": (("bbh", BBH_23_TASKS),),
+    "agieval_en": (("agieval", AGIEVAL_ENGLISH_TASKS),),
+    "bbh": (("bbh", None),),
+    "agieval": (("agieval", None),),
+    "demo": (("demo", None),),
 }
-GENERIC_FORMAT = "Answer with the final answer only."
-# A task whose golds take at most this many distinct values is a closed label set (Yes/No, valid/invalid).
-MAX_LABELS = 4
+BENCHMARKS = ("bbh", "agieval", "demo")
 
-_LETTERED_OPTIONS = re.compile(r"^\(A\) ", re.MULTILINE)
-_INTEGER = re.compile(r"-?\d+")
+
+@dataclasses.dataclass(frozen=True)
+class Example:
+    """One question of an evaluation set, fields as its source file has them."""
+
+    benchmark: str
+    """'bbh', 'agieval' or 'demo'."""
+    task: str
+    """What accuracy is broken down by: a benchmark's file name, the demo's `collection.task`."""
+    index: int
+    """Position in the task's source file (0-based), so a result can be traced back to its row."""
+    question: str
+    """BBH's `input`, AGIEval's `question`, the demo's `question`."""
+    gold: str
+    """BBH's `target`; AGIEval's `label` written "(C)"; the demo's `answer`."""
+    options: tuple[str, ...] = ()
+    """The answer options as the source lists them (BBH: the lines under "Options:"); () if free-form."""
+    passage: str = ""
+    """AGIEval's passage ('' when none): the context a too-long prompt is cut from first."""
+    system_prompt: str | None = None
+    """The demo's own per-row system message; None where the benchmark has none."""
+
+    @property
+    def id(self) -> str:
+        return f"{self.task}.{self.index}"
+
+
+def bbh_options(text: str) -> list[str]:
+    """The options of a BBH input: the non-empty lines after its "Options:" line, a leading "- "
+    removed ("- Yes" -> "Yes", "(A) 12/11/1937" kept as is); [] when the input lists none."""
+    lines = text.splitlines()
+    for number, line in enumerate(lines):
+        if line.strip() == "Options:":
+            return [option.strip().removeprefix("- ").strip() for option in lines[number + 1:] if option.strip()]
+    return []
 
 
 def task_paths(directory: str | pathlib.Path, suffix: str, tasks: Sequence[str] | None) -> list[pathlib.Path]:
-    """The files of `tasks` (all tasks when None) in `directory`, sorted by task name."""
+    """The files of `tasks` (all tasks, sorted, when None) in `directory`, in the order asked."""
     directory = pathlib.Path(directory)
     if not directory.is_dir():
         raise FileNotFoundError(f"benchmark directory {directory} does not exist")
@@ -56,64 +102,26 @@ def task_paths(directory: str | pathlib.Path, suffix: str, tasks: Sequence[str] 
     return [available[task] for task in chosen]
 
 
-def bbh_answer_format(task: str, question: str, targets: Sequence[str]) -> str:
-    """How the answer to a BBH question should be written: an option letter when the question lists
-    lettered options, else judged from the form of all the task's gold targets."""
-    if _LETTERED_OPTIONS.search(question):
-        return MULTIPLE_CHOICE_FORMAT
-    if task in OPEN_ANSWER_FORMATS:
-        return OPEN_ANSWER_FORMATS[task]
-    if all(_INTEGER.fullmatch(target) for target in targets):
-        return "Answer with a single integer."
-    labels = sorted(set(targets))
-    if len(labels) <= MAX_LABELS:
-        return f"Answer with one of: {', '.join(labels)}."
-    return GENERIC_FORMAT
-
-
-def _bbh_pairs(path: pathlib.Path) -> list[tuple[str, str]]:
-    """(input, target) of every example in one BBH task file."""
+def read_bbh_task(path: pathlib.Path) -> list[Example]:
+    """Every example of one BBH task file."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
         raise RecordFormatError(f"{path}: not JSON ({err.msg})") from None
-    examples = data.get("examples") if isinstance(data, dict) else None
-    if not isinstance(examples, list) or not examples:
+    rows = data.get("examples") if isinstance(data, dict) else None
+    if not isinstance(rows, list) or not rows:
         raise RecordFormatError(f"{path}: expected an object with a non-empty 'examples' list")
-    pairs = []
-    for index, example in enumerate(examples):
-        for field in ("input", "target"):
-            if not isinstance(example, dict) or not isinstance(example.get(field), str):
-                raise RecordFormatError(f"{path}: example {index}: field {field!r} is missing or not a string")
-        pairs.append((example["input"], example["target"].strip()))
-    return pairs
-
-
-def read_bbh(bbh_dir: str | pathlib.Path, tasks: Sequence[str] | None = None,
-             limit: int | None = None) -> list[EvalExample]:
-    """BBH examples as zero-shot prompts, the first `limit` per task when `limit` is positive."""
     examples = []
-    for path in task_paths(bbh_dir, ".json", tasks):
-        task, pairs = path.stem, _bbh_pairs(path)
-        targets = [target for _, target in pairs]
-        for index, (question, target) in enumerate(pairs[:limit or None]):
-            answer_format = bbh_answer_format(task, question, targets)
-            examples.append(EvalExample(id=f"{task}.{index}", task=task, system_prompt=SYSTEM_MESSAGE,
-                                        question=f"{question}\n\n{answer_format}", answer=target))
+    for index, row in enumerate(rows):
+        for field in ("input", "target"):
+            if not isinstance(row, dict) or not isinstance(row.get(field), str):
+                raise RecordFormatError(f"{path}: example {index}: field {field!r} is missing or not a string")
+        examples.append(Example(benchmark="bbh", task=path.stem, index=index, question=row["input"],
+                                gold=row["target"].strip(), options=tuple(bbh_options(row["input"]))))
     return examples
 
 
-def agieval_question(passage: str | None, question: str, options: Sequence[str]) -> str:
-    """The user turn of an AGIEval item: passage, question, the lettered options, the answer form."""
-    lines = [passage.strip(), ""] if passage and passage.strip() else []
-    lines += [question.strip(), "Answer choices:"]
-    for letter, option in zip(string.ascii_uppercase, options):
-        marker = f"({letter})"
-        lines.append(option if option.startswith(marker) else f"{marker} {option}")
-    return "\n".join(lines + ["", MULTIPLE_CHOICE_FORMAT])
-
-
-def _agieval_example(path: pathlib.Path, line_number: int, row: dict, index: int) -> EvalExample:
+def _agieval_example(path: pathlib.Path, line_number: int, row: dict, index: int) -> Example:
     require_strings(path, line_number, row, ("question", "label"))
     where = f"{path}: line {line_number}"
     passage, options = row.get("passage"), row.get("options")
@@ -125,29 +133,90 @@ def _agieval_example(path: pathlib.Path, line_number: int, row: dict, index: int
     letters = string.ascii_uppercase[:len(options)]
     if row["label"] not in letters:
         raise RecordFormatError(f"{where}: field 'label' is {row['label']!r}, not one of the option letters {letters}")
-    task = path.stem
-    return EvalExample(id=f"{task}.{index}", task=task, system_prompt=SYSTEM_MESSAGE,
-                       question=agieval_question(passage, row["question"], options), answer=f"({row['label']})")
+    return Example(benchmark="agieval", task=path.stem, index=index, question=row["question"],
+                   gold=f"({row['label']})", options=tuple(options), passage=passage or "")
 
 
-def read_agieval(agieval_dir: str | pathlib.Path, tasks: Sequence[str] | None = None,
-                 limit: int | None = None) -> list[EvalExample]:
-    """AGIEval multiple-choice items as zero-shot prompts, the first `limit` per task when positive."""
-    examples = []
-    for path in task_paths(agieval_dir, ".jsonl", tasks):
-        for index, (line_number, row) in enumerate(read_objects(path)):
-            if limit and index >= limit:
-                break
-            examples.append(_agieval_example(path, line_number, row, index))
+def read_agieval_task(path: pathlib.Path) -> list[Example]:
+    """Every item of one AGIEval multiple-choice task file."""
+    return [_agieval_example(path, line_number, row, index)
+            for index, (line_number, row) in enumerate(read_objects(path))]
+
+
+def demo_task(example_id: str) -> str:
+    """The task of a demo id `collection.task.tier.index` (orca_jax.data.demo): `collection.task`."""
+    return ".".join(example_id.split(".")[:2])
+
+
+def read_demo(path: str | pathlib.Path) -> list[Example]:
+    """The demo's eval.jsonl rows (`id`, `system_prompt`, `question`, `answer`), in file order.
+
+    The index of an example counts the rows of its task, so ids read `collection.task.<n>`.
+    """
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"demo eval file {path} does not exist (write it with orca-jax make-demo-data)")
+    examples, per_task = [], {}
+    for line_number, row in read_objects(path):
+        require_strings(path, line_number, row, ("id", "system_prompt", "question", "answer"))
+        if not row["answer"].strip():
+            raise RecordFormatError(f"{path}: line {line_number}: field 'answer' is empty")
+        task = demo_task(row["id"])
+        per_task[task] = per_task.get(task, -1) + 1
+        examples.append(Example(benchmark="demo", task=task, index=per_task[task], question=row["question"],
+                                gold=row["answer"], system_prompt=row["system_prompt"]))
+    if not examples:
+        raise ValueError(f"{path}: no eval rows")
     return examples
 
 
-def read_benchmark(name: str, benchmarks_dir: str | pathlib.Path, tasks: Sequence[str] | None = None,
-                   limit: int | None = None) -> list[EvalExample]:
-    """The examples of benchmark `name` ('bbh' or 'agieval') from `benchmarks_dir/name/`."""
-    if name not in READERS:
-        raise ValueError(f"unknown benchmark {name!r}; choose one of {sorted(READERS)}")
-    return READERS[name](pathlib.Path(benchmarks_dir) / name, tasks, limit)
+def read_benchmark(name: str, directory: str | pathlib.Path, tasks: Sequence[str] | None = None) -> list[Example]:
+    """Every example of `tasks` (None: all) of benchmark `name`, read from `directory` (the benchmark's
+    own folder, e.g. <benchmarks_dir>/bbh; for the demo, its eval.jsonl)."""
+    if name == "demo":
+        examples = read_demo(directory)
+        if tasks is not None:
+            unknown = sorted(set(tasks) - {example.task for example in examples})
+            if unknown:
+                raise ValueError(f"unknown demo tasks {unknown} in {directory}")
+            examples = [example for example in examples if example.task in tasks]
+        return examples
+    if name == "bbh":
+        return [example for path in task_paths(directory, ".json", tasks) for example in read_bbh_task(path)]
+    if name == "agieval":
+        return [example for path in task_paths(directory, ".jsonl", tasks) for example in read_agieval_task(path)]
+    raise ValueError(f"unknown benchmark {name!r}; choose one of {list(BENCHMARKS)}")
 
 
-READERS = {"bbh": read_bbh, "agieval": read_agieval}
+def load_suite(suite: str, *, benchmarks_dir: str | pathlib.Path | None = None,
+               demo_path: str | pathlib.Path | None = None, tasks: Sequence[str] | None = None,
+               limit: int | None = None) -> list[Example]:
+    """The examples of a suite, `limit` per task when positive, optionally only `tasks` of it.
+
+    `benchmarks_dir` holds bbh/ and agieval/; `demo_path` is the demo's eval.jsonl.
+    """
+    if suite not in SUITES:
+        raise ValueError(f"unknown suite {suite!r}; choose one of {sorted(SUITES)}")
+    examples = []
+    for benchmark, suite_tasks in SUITES[suite]:
+        chosen = suite_tasks
+        if tasks is not None:
+            chosen = [task for task in tasks if suite_tasks is None or task in suite_tasks]
+            if not chosen:
+                continue
+        if benchmark == "demo":
+            if demo_path is None:
+                raise ValueError("the demo suite needs the demo's eval.jsonl (--eval_path)")
+            directory = demo_path
+        else:
+            if benchmarks_dir is None:
+                raise ValueError(f"suite {suite!r} needs --benchmarks_dir (the folder holding bbh/ and agieval/)")
+            directory = pathlib.Path(benchmarks_dir) / benchmark
+        examples += read_benchmark(benchmark, directory, chosen)
+    if tasks is not None:
+        missing = sorted(set(tasks) - {example.task for example in examples})
+        if missing:
+            raise ValueError(f"tasks {missing} are not in suite {suite!r}")
+    if limit:
+        examples = [example for example in examples if example.index < limit]
+    return examples
