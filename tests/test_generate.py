@@ -1,4 +1,5 @@
-"""Greedy decoding against an independent token-by-token reference on the unpadded prompt."""
+"""Greedy decoding against an independent token-by-token reference on the unpadded prompt, plus the
+decode loop's own properties: bucketed attention, one in-place cache, decode meshes, bf16 weights."""
 
 import jax
 import jax.numpy as jnp
@@ -7,7 +8,8 @@ import pytest
 from flax import linen as nn
 
 from orca_jax import parallel
-from orca_jax.eval.generate import greedy_decode_batch, greedy_generate, prompt_bucket
+from orca_jax.eval import generate
+from orca_jax.eval.generate import attend_buckets, greedy_decode_batch, greedy_generate, prompt_bucket
 from orca_jax.model.config import ModelConfig
 from orca_jax.model.llama import Llama
 
@@ -145,3 +147,84 @@ def test_prompt_too_long_for_the_model_is_a_clear_error(params):
     with pytest.raises(ValueError, match=r"prompt 1 has 57 tokens"):
         greedy_generate(params, CONFIG, [[5, 6], too_long], max_new_tokens=NEW_TOKENS, eos_id=EOS_ID,
                         pad_id=PAD_ID, batch_size=2)
+
+
+def test_attend_buckets_double_up_to_the_cache_length():
+    assert attend_buckets(23, 8) == (8, 16, 23)
+    assert attend_buckets(16, 8) == (8, 16)
+    assert attend_buckets(2047, 128) == (128, 256, 512, 1024, 2047)
+    assert attend_buckets(100, 128) == (100,)
+
+
+def test_bucketed_attention_crossing_bucket_boundaries_matches_the_reference(params):
+    # Buckets of 8, 16, 23 slots for a 16-wide prompt and 8 new tokens: the prefill (15 slots) attends
+    # over 16 slots, step 0 fills slot 15 (still bucket 16), steps 1-7 attend over all 23.
+    prompts = [random_prompt(seed, length) for seed, length in zip(range(50, 53), (14, 16, 9))]
+    bucketed = greedy_generate(params, CONFIG, prompts, max_new_tokens=NEW_TOKENS, eos_id=UNREACHABLE_EOS,
+                               pad_id=PAD_ID, batch_size=3, min_bucket=8)
+    whole_cache = greedy_generate(params, CONFIG, prompts, max_new_tokens=NEW_TOKENS, eos_id=UNREACHABLE_EOS,
+                                  pad_id=PAD_ID, batch_size=3, min_bucket=1024)
+    assert bucketed == whole_cache == [stepwise_reference(params, p, UNREACHABLE_EOS) for p in prompts]
+
+
+def test_bucketed_loop_stops_at_eos_inside_a_later_bucket(params):
+    prompt = random_prompt(54, 7)
+    free_run = stepwise_reference(params, prompt, UNREACHABLE_EOS)
+    eos_id = free_run[5]
+    expected_stop = free_run.index(eos_id)
+    tokens = np.full((2, 8), PAD_ID, np.int32)
+    tokens[0, -len(prompt):] = prompt
+    # Buckets 4, 8, 15: the 7 prefill slots attend over 8, steps 0 in bucket 8, steps 1.. in 15.
+    generated, steps = greedy_decode_batch(params, CONFIG, tokens, np.array([len(prompt), 0], np.int32),
+                                           max_new_tokens=NEW_TOKENS, eos_id=eos_id, pad_id=PAD_ID, min_bucket=4)
+    assert steps == expected_stop + 1
+    assert generated[0, :expected_stop + 1].tolist() == free_run[:expected_stop] + [eos_id]
+    assert (generated[0, expected_stop + 1:] == PAD_ID).all() and (generated[1] == PAD_ID).all()
+
+
+def test_compiled_decode_loop_keeps_one_cache_and_copies_none_of_it():
+    """The while loops carry the cache in place: no whole-cache copy in the program beyond splitting
+    the zero fill into keys and values, and the temporaries hold one cache (plus bucket-sized work),
+    where the old flax-collection cache kept 3.3 caches live and copied it 4 times."""
+    config = CONFIG.replace(max_seq_len=1024)
+    batch, width, new_tokens = 4, 16, 300
+    cache_length = width + new_tokens - 1
+    abstract = generate.abstract_decode_params(config)
+    ints = [jax.ShapeDtypeStruct(shape, jnp.int32) for shape in ((batch, width), (batch,), (), ())]
+    compiled = jax.jit(generate.decode_program(config, new_tokens, min_bucket=64)).lower(abstract, *ints).compile()
+    kv_type = f"f32[{config.num_layers},{batch},{cache_length},{config.num_kv_heads},{config.head_dim}]"
+    cache_copies = [line for line in compiled.as_text().splitlines() if kv_type in line and " copy(" in line]
+    assert len(cache_copies) <= 1, cache_copies
+    cache_bytes = 2 * 4 * config.num_layers * batch * cache_length * config.num_kv_heads * config.head_dim
+    assert compiled.memory_analysis().temp_size_in_bytes < 2 * cache_bytes
+
+
+def test_tensor_and_data_parallel_decode_mesh_matches_one_device(params):
+    mesh = parallel.make_mesh(data=4, fsdp=1, tensor=2)
+    sharded = generate.prepare_params(params, CONFIG, mesh)
+    query_spec = sharded["layers"]["attention"]["query"].sharding.spec
+    assert tuple(query_spec)[:3] == (None, None, "tensor")  # [layers, embed (whole), heads (split)]
+    assert tuple(sharded["layers"]["mlp"]["down"].sharding.spec)[:2] == (None, "tensor")
+    prompts = [random_prompt(seed, length) for seed, length in zip(range(60, 65), (5, 9, 2, 14, 11))]
+    kwargs = dict(max_new_tokens=NEW_TOKENS, eos_id=EOS_ID, pad_id=PAD_ID, batch_size=3)
+    done = []
+    on_mesh = greedy_generate(sharded, CONFIG, prompts, mesh=mesh, on_batch_done=done.append, **kwargs)
+    assert done == [4, 5]  # batch_size rounds up to the 4 data rows
+    assert on_mesh == greedy_generate(params, CONFIG, prompts, **kwargs)
+
+
+def test_bfloat16_model_decodes_with_weights_cast_once_to_bfloat16(params):
+    config = CONFIG.replace(compute_dtype="bfloat16")
+    assert generate.decode_params_dtype(config) == jnp.bfloat16
+    prepared = generate.prepare_params(params, config)
+    assert prepared["layers"]["attention"]["query"].dtype == jnp.bfloat16
+    assert prepared["final_norm"]["scale"].dtype == jnp.float32  # norm scales keep their dtype
+    assert generate.prepare_params(prepared, config) is prepared  # already prepared: no copy
+    abstract = generate.abstract_decode_params(config)
+    assert jax.tree.map(lambda a: (a.shape, a.dtype), abstract) == jax.tree.map(lambda a: (a.shape, a.dtype), prepared)
+    prompts = [random_prompt(seed, length) for seed, length in zip(range(70, 72), (6, 11))]
+    kwargs = dict(max_new_tokens=NEW_TOKENS, eos_id=UNREACHABLE_EOS, pad_id=PAD_ID, batch_size=2)
+    cast = greedy_generate(params, config, prompts, **kwargs)
+    kept = greedy_generate(params, config, prompts, params_dtype="float32", **kwargs)
+    # The model casts each weight to bfloat16 at its matmul anyway: casting first changes no logit.
+    assert cast == kept and all(len(tokens) == NEW_TOKENS for tokens in cast)

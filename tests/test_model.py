@@ -14,7 +14,7 @@ from test_attention import numpy_attention
 from orca_jax import flops
 from orca_jax.config import load_config
 from orca_jax.model import Llama, ModelConfig, ModelConfigError
-from orca_jax.model.llama import RMSNorm, apply_rotary, init_cache
+from orca_jax.model.llama import KVCache, RMSNorm, apply_rotary, cache_logical_axes, init_cache
 
 TINY = ModelConfig.from_config(load_config("configs/tiny.py").model)
 LENGTH = 48
@@ -209,32 +209,41 @@ def test_flop_count_uses_the_real_matmul_parameters():
     assert flops.train_flops_per_step(TINY, 4, seq_len) == 4 * seq_len * flops.train_flops_per_token(TINY, seq_len)
 
 
-def test_decode_mode_keeps_the_params_and_adds_a_logically_named_cache():
+def test_decode_mode_keeps_the_params_and_takes_a_logically_named_cache():
     tokens, positions, segment_ids = packed_inputs()
     training = jax.eval_shape(Llama(TINY).init, jax.random.key(0), tokens, positions, segment_ids)
-    decoding = jax.eval_shape(functools.partial(Llama(TINY).init, decode=True), jax.random.key(0),
+    cache = init_cache(TINY, 1, LENGTH)
+    decoding = jax.eval_shape(functools.partial(Llama(TINY).init, cache=cache), jax.random.key(0),
                               tokens, positions, segment_ids)
-    assert set(training) == {"params"}
+    assert set(training) == set(decoding) == {"params"}  # the cache is an argument, not a collection
     assert jax.tree.structure(decoding["params"]) == jax.tree.structure(training["params"])
     c = TINY
     kv_shape = (c.num_layers, 1, LENGTH, c.num_kv_heads, c.head_dim)
-    kv_names = ("layers", "batch", "length", "kv_heads", "head_dim")
-    described = jax.tree.map(lambda leaf: (leaf.value.shape, leaf.names) if isinstance(leaf, nn.LogicallyPartitioned)
-                             else (leaf.shape, None), decoding["cache"],
-                             is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
-    assert described == {"layers": {"attention": {"key": (kv_shape, kv_names), "value": (kv_shape, kv_names)}},
-                         "segment_ids": ((1, LENGTH), ("batch", "length")), "index": ((), None)}
-    assert jax.tree.map(lambda a: a.shape, init_cache(TINY, 1, LENGTH)) == jax.tree.map(
-        lambda a: a.shape, nn.unbox(decoding["cache"]))
+    assert isinstance(cache, KVCache)
+    assert jax.tree.map(lambda a: (a.shape, a.dtype), cache) == KVCache(
+        (kv_shape, c.compute_jnp_dtype), (kv_shape, c.compute_jnp_dtype), ((1, LENGTH), jnp.int32), ((), jnp.int32))
+    assert cache_logical_axes() == KVCache(("layers", "batch", "length", "kv_heads", "head_dim"),
+                                           ("layers", "batch", "length", "kv_heads", "head_dim"),
+                                           ("batch", "length"), ())
+    logits, new_cache = jax.eval_shape(functools.partial(Llama(TINY).apply, cache=cache, attend_length=LENGTH),
+                                       {"params": nn.unbox(training["params"])}, tokens, positions, segment_ids)
+    assert logits.shape == (1, LENGTH, c.vocab_size)
+    assert jax.tree.map(lambda a: (a.shape, a.dtype), new_cache) == jax.tree.map(lambda a: (a.shape, a.dtype), cache)
+    with pytest.raises(ValueError, match="attend_length=8"):
+        jax.eval_shape(functools.partial(Llama(TINY).apply, cache=cache, attend_length=8),
+                       {"params": nn.unbox(training["params"])}, tokens[:, :9], positions[:, :9])
 
 
-def test_cached_decoding_gives_the_full_forward_logits_at_every_step(params):
+@pytest.mark.parametrize("bucket", [None, 8], ids=["whole_cache", "buckets_of_8"])
+def test_cached_decoding_gives_the_full_forward_logits_at_every_step(params, bucket):
     """A prompt block then one token at a time through the cache, against one forward over all columns.
 
     Row 0 has no padding; row 1 is left-padded; row 2 is left-padded and packs two segments, the second
     continued by the decoded tokens. Tokens are fed as given (no argmax), so each column is compared.
+    bucket=None attends over every slot; bucket=8 over the smallest multiple of 8 slots covering
+    the filled ones, so the attended prefix grows (and crosses bucket boundaries) as the cache fills.
     """
-    prompt_width, length = 16, 24
+    prompt_width, length = 13, 24
     rng = np.random.default_rng(3)
     tokens = rng.integers(1, TINY.vocab_size, size=(3, length)).astype(np.int32)
     segment_ids = np.ones((3, length), np.int32)
@@ -247,13 +256,15 @@ def test_cached_decoding_gives_the_full_forward_logits_at_every_step(params):
             positions[row, in_segment] = np.arange(in_segment.sum())
 
     full = np.asarray(jax.jit(Llama(TINY).apply)({"params": params}, tokens, positions, segment_ids))
-    decode = jax.jit(functools.partial(Llama(TINY).apply, decode=True, mutable=["cache"]))
+    decode = jax.jit(lambda params, cache, tokens, positions, segment_ids, attend_length: Llama(TINY).apply(
+        {"params": params}, tokens, positions, segment_ids, cache=cache, attend_length=attend_length),
+        static_argnums=5)
     cache = init_cache(TINY, 3, length)
     blocks = [slice(0, prompt_width)] + [slice(c, c + 1) for c in range(prompt_width, length)]
     for block in blocks:
-        logits, variables = decode({"params": params, "cache": cache}, tokens[:, block], positions[:, block],
-                                   segment_ids[:, block])
-        cache = variables["cache"]
+        attend_length = None if bucket is None else -(-block.stop // bucket) * bucket
+        logits, cache = decode(params, cache, tokens[:, block], positions[:, block], segment_ids[:, block],
+                               attend_length)
         np.testing.assert_allclose(logits, full[:, block], atol=1e-5, rtol=1e-5, err_msg=f"columns {block}")
-    assert int(cache["index"]) == length
-    np.testing.assert_array_equal(cache["segment_ids"], segment_ids)
+    assert int(cache.index) == length
+    np.testing.assert_array_equal(cache.segment_ids, segment_ids)

@@ -5,14 +5,21 @@ holds what is decided by the rules in orca_jax.parallel, never here. Parameters 
 `param_dtype` and cast to `compute_dtype` where they enter a matmul; norms and softmax compute in
 float32, and the logits are returned as float32. The layer stack is an `nn.scan`, so each layer parameter has a leading 'layers' axis.
 
-Decoding (`decode=True`) keeps a key/value cache in the 'cache' collection so each new token costs one
-position instead of a forward pass over the whole sequence; see `Llama` and `init_cache`.
+Decoding passes a `KVCache` of plain arrays in and gets the updated one back (`Llama(...)(...,
+cache=cache, attend_length=n)`), so each new token costs one position instead of a forward pass over the
+whole sequence. The cache is not a flax variable: the decode loop keeps it in its `while_loop` carry and
+the layer scan carries the whole stacked cache too, writing each layer's new keys and values with one
+`dynamic_update_slice` at [layer, :, slot] and reading back only the first `attend_length` slots of that
+layer. Every buffer involved is a loop carry updated in place, so a step moves each cache byte at most
+once (the filled prefix is read, the new slot written) and XLA keeps a single live cache. (A flax
+'cache' collection under `nn.scan`, which this replaced, zero-filled a new stacked cache, sliced each
+layer's cache out and stacked it back, and attended over every slot, filled or not: about ten
+cache-sized reads and writes per token instead of one read.) See `Llama`, `KVCache` and `init_cache`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import NamedTuple
 
 import jax
@@ -27,7 +34,9 @@ from orca_jax.model.config import ModelConfig
 RESIDUAL_AXES = ("batch", "length", "embed")
 MLP_HIDDEN_AXES = ("batch", "length", "mlp")
 LOGITS_AXES = ("batch", "length", "vocab")
-# The cache's per-slot segment ids; its keys and values use the attention's KEY_VALUE_AXES.
+# The decode cache: stacked keys/values (one [batch, length, kv_heads, head_dim] block per layer) and
+# the per-slot segment ids. Shardings come from these names through orca_jax.parallel's rules.
+CACHE_KEY_VALUE_AXES = ("layers",) + KEY_VALUE_AXES
 CACHE_SEGMENT_AXES = ("batch", "length")
 
 # LLaMA's reference initialisation (HF `initializer_range`); converted checkpoints replace it anyway.
@@ -77,31 +86,59 @@ def apply_rotary(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
     return rotated.astype(x.dtype)
 
 
+class KVCache(NamedTuple):
+    """The decode cache, plain arrays that the decode loop carries and the model returns updated."""
+
+    key: jax.Array
+    """[layers, batch, cache_length, kv_heads, head_dim] in the compute dtype (CACHE_KEY_VALUE_AXES)."""
+    value: jax.Array
+    """Same shape and dtype as `key`."""
+    segment_ids: jax.Array
+    """int32 [batch, cache_length]: each written slot's segment id; 0 for padding and unwritten slots."""
+    index: jax.Array
+    """int32 scalar: the next free slot (the number of slots written so far)."""
+
+
 class CacheWrite(NamedTuple):
-    """Where a block goes in every layer's cache and what its queries may see there (same in all layers)."""
+    """What every layer of a decode call shares: where the block goes, what its queries see, how far."""
 
     first_slot: jax.Array
     """int32 scalar: the slot the block's first token is written to."""
     mask: jax.Array
-    """bool [batch, 1, block, cache_length]: which slots each of the block's queries attends to."""
+    """bool [batch, 1, block, attend_length]: which of the first attend_length slots each query sees."""
+    attend_length: int
+    """Static: attention reads slots [0, attend_length) of the cache, which must cover the block."""
 
 
-def _cached(module: nn.Module, name: str, block: jax.Array, first_slot: jax.Array) -> jax.Array:
-    """Write a [batch, block, kv_heads, head_dim] block into the layer's cache; return the whole cache.
+def cache_logical_axes() -> KVCache:
+    """The logical axis names of each `KVCache` field, for `parallel.logical_sharding`."""
+    return KVCache(CACHE_KEY_VALUE_AXES, CACHE_KEY_VALUE_AXES, CACHE_SEGMENT_AXES, ())
 
-    The variable is created with the block's shape, so the input given to `init` sets the cache length.
+
+def _write_and_read_layer(stacked: jax.Array, block: jax.Array, layer: jax.Array, cache_write: CacheWrite):
+    """Write a [batch, block, kv_heads, head_dim] block into layer `layer` of the stacked cache at the
+    block's slots; return (the updated stacked cache, that layer's first attend_length slots).
+
+    The write comes before the read, so XLA updates the loop-carried buffer in place instead of
+    copying it; the read is a static-size dynamic slice, so attention touches the filled prefix only.
     """
-    cache = module.variable("cache", name, nn.with_logical_partitioning(jnp.zeros, KEY_VALUE_AXES),
-                            block.shape, block.dtype)
-    cache.value = jax.lax.dynamic_update_slice_in_dim(cache.value, block, first_slot, axis=1)
-    return nn.with_logical_constraint(cache.value, KEY_VALUE_AXES)
+    zero = jnp.zeros((), jnp.int32)
+    stacked = jax.lax.dynamic_update_slice(stacked, block[None].astype(stacked.dtype),
+                                           (layer, zero, cache_write.first_slot, zero, zero))
+    stacked = nn.with_logical_constraint(stacked, CACHE_KEY_VALUE_AXES)
+    _, batch, _, kv_heads, head_dim = stacked.shape
+    prefix = jax.lax.dynamic_slice(stacked, (layer, zero, zero, zero, zero),
+                                   (1, batch, cache_write.attend_length, kv_heads, head_dim))[0]
+    return stacked, nn.with_logical_constraint(prefix, KEY_VALUE_AXES)
 
 
 class Attention(nn.Module):
     config: ModelConfig
 
     @nn.compact
-    def __call__(self, x, positions, segment_ids, cache_write: CacheWrite | None = None):
+    def __call__(self, x, positions, segment_ids, cache_write: CacheWrite | None = None, layer_cache=None):
+        """Training: the attention output. Decoding (cache_write and layer_cache = (layer index, stacked
+        keys, stacked values) given): (output, updated stacked keys, updated stacked values)."""
         cfg = self.config
         query_w = _weight(self, "query", (cfg.embed_dim, cfg.num_heads, cfg.head_dim),
                           ("embed", "heads", "head_dim"), cfg)
@@ -119,13 +156,15 @@ class Attention(nn.Module):
         key = apply_rotary(key, positions, cfg.rope_theta)
         if cache_write is None:
             attended = dot_product_attention(query, key, value, segment_ids, cfg.attention)
-        else:
-            # Always the XLA kernel: the cuDNN and splash kernels want equal, tile-sized query and key
-            # lengths (training shapes), while a decode step is one query against the whole cache.
-            attended = masked_attention(query, _cached(self, "key", key, cache_write.first_slot),
-                                        _cached(self, "value", value, cache_write.first_slot), cache_write.mask)
-        attended = nn.with_logical_constraint(attended, QUERY_AXES)
-        return jnp.einsum("blhd,hde->ble", attended, out_w)
+            attended = nn.with_logical_constraint(attended, QUERY_AXES)
+            return jnp.einsum("blhd,hde->ble", attended, out_w)
+        # Always the XLA kernel: the cuDNN and splash kernels want equal, tile-sized query and key
+        # lengths (training shapes), while a decode step is one query against the cache's prefix.
+        layer, key_cache, value_cache = layer_cache
+        key_cache, keys = _write_and_read_layer(key_cache, key, layer, cache_write)
+        value_cache, values = _write_and_read_layer(value_cache, value, layer, cache_write)
+        attended = nn.with_logical_constraint(masked_attention(query, keys, values, cache_write.mask), QUERY_AXES)
+        return jnp.einsum("blhd,hde->ble", attended, out_w), key_cache, value_cache
 
 
 class Mlp(nn.Module):
@@ -145,18 +184,33 @@ class Mlp(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    """Pre-norm residual block; the (carry, output) signature is what nn.scan expects."""
+    """Pre-norm residual block; the (carry, output) signature is what nn.scan expects.
+
+    Training carries the residual stream x. Decoding (cache_write given) carries (x, layer index,
+    stacked keys, stacked values): the whole cache rides in the layer loop's carry, so each layer
+    updates its slice in place rather than the scan slicing layers out and stacking them back.
+    """
 
     config: ModelConfig
 
     @nn.compact
-    def __call__(self, x, positions, segment_ids, cache_write):
+    def __call__(self, carry, positions, segment_ids, cache_write):
+        if cache_write is None:
+            x, layer_cache = carry, None
+        else:
+            x, layer, key_cache, value_cache = carry
+            layer_cache = (layer, key_cache, value_cache)
         x = nn.with_logical_constraint(x, RESIDUAL_AXES)
         attended = Attention(self.config, name="attention")(
-            RMSNorm(self.config, name="attention_norm")(x), positions, segment_ids, cache_write)
+            RMSNorm(self.config, name="attention_norm")(x), positions, segment_ids, cache_write, layer_cache)
+        if cache_write is not None:
+            attended, key_cache, value_cache = attended
         x = nn.with_logical_constraint(x + attended, RESIDUAL_AXES)
         x = x + Mlp(self.config, name="mlp")(RMSNorm(self.config, name="mlp_norm")(x))
-        return nn.with_logical_constraint(x, RESIDUAL_AXES), None
+        x = nn.with_logical_constraint(x, RESIDUAL_AXES)
+        if cache_write is None:
+            return x, None
+        return (x, layer + 1, key_cache, value_cache), None
 
 
 class Embedder(nn.Module):
@@ -191,21 +245,22 @@ class Llama(nn.Module):
     example; segment ids are 1..k per example and 0 for padding. segment_ids=None means one causal
     sequence per row (positions still given explicitly).
 
-    decode=True runs against a key/value cache: `logits, {'cache': cache} = model.apply({'params': p,
-    'cache': cache}, tokens, positions, segment_ids, decode=True, mutable=['cache'])` writes the block
-    (a prompt, or one token per step) into the next free slots and attends over every slot written so
-    far, with the training masks: a token sees the slots at or before its own that carry its segment
-    id, so left padding (segment 0) stays invisible. The cache (see `init_cache`) holds, per layer,
-    'key'/'value' [layers, batch, cache_length, kv_heads, head_dim], plus 'segment_ids' [batch,
-    cache_length] and the write 'index'. Writing past cache_length is the caller's error: XLA clamps
-    the slot instead of failing.
+    Decoding: `logits, cache = model.apply({'params': p}, tokens, positions, segment_ids, cache=cache,
+    attend_length=n)` writes the block (a prompt, or one token per step) into the cache's next free
+    slots and attends over slots [0, n) with the training masks: a token sees the slots at or before
+    its own that carry its segment id, so left padding (segment 0) and unwritten slots stay invisible.
+    `attend_length` (static; default: the whole cache) must cover every slot written so far including
+    the block; a decode loop passes a bucket just above the filled count, so a step reads O(filled)
+    cache, not O(cache_length). The cache (`KVCache`, see `init_cache`) is returned updated, not kept
+    in a flax collection. Writing past cache_length is the caller's error: XLA clamps the slot instead
+    of failing.
     """
 
     config: ModelConfig
 
     @nn.compact
     def __call__(self, tokens: jax.Array, positions: jax.Array, segment_ids: jax.Array | None = None,
-                 decode: bool = False) -> jax.Array:
+                 cache: KVCache | None = None, attend_length: int | None = None):
         cfg = self.config
         if tokens.ndim != 2 or positions.shape != tokens.shape:
             raise ValueError(f"Llama: tokens {tokens.shape} and positions {positions.shape} must both be "
@@ -213,34 +268,46 @@ class Llama(nn.Module):
         if tokens.shape[1] > cfg.max_seq_len:
             raise ValueError(f"Llama: sequence length {tokens.shape[1]} exceeds max_seq_len={cfg.max_seq_len}")
         x = nn.with_logical_constraint(Embedder(cfg, name="embedder")(tokens), RESIDUAL_AXES)
-        cache_write = self._claim_cache_slots(tokens, segment_ids) if decode else None
+        if cache is not None:
+            return self._decode(x, tokens, positions, segment_ids, cache, attend_length)
 
         layer = DecoderLayer
-        if cfg.remat != "none" and not decode:
+        if cfg.remat != "none":
             # prevent_cse guards against XLA merging the recomputation away; a scan body cannot be
             # CSE'd across iterations, so it would only cost speed here.
             layer = nn.remat(layer, policy=CHECKPOINT_POLICIES[cfg.remat], prevent_cse=False)
-        stack = nn.scan(layer, variable_axes={"params": 0, "cache": 0}, split_rngs={"params": True},
+        x, _ = self._layer_stack(layer)(x, positions, segment_ids, None)
+        return LmHead(cfg, name="lm_head")(RMSNorm(cfg, name="final_norm")(x))
+
+    def _layer_stack(self, layer):
+        cfg = self.config
+        stack = nn.scan(layer, variable_axes={"params": 0}, split_rngs={"params": True},
                         in_axes=(nn.broadcast, nn.broadcast, nn.broadcast), length=cfg.num_layers,
                         unroll=1 if cfg.scan_layers else cfg.num_layers,
                         metadata_params={nn.PARTITION_NAME: "layers"})
-        x, _ = stack(cfg, name="layers")(x, positions, segment_ids, cache_write)
-        return LmHead(cfg, name="lm_head")(RMSNorm(cfg, name="final_norm")(x))
+        return stack(cfg, name="layers")
 
-    def _claim_cache_slots(self, tokens: jax.Array, segment_ids: jax.Array | None) -> CacheWrite:
-        """Record the block's segment ids in the next free slots, advance the write index, and mask."""
+    def _decode(self, x, tokens, positions, segment_ids, cache: KVCache, attend_length: int | None):
+        """The layers against the cache: record the block's segment ids in the next free slots, mask
+        the first attend_length slots once for all layers, run the stack with the cache in its carry."""
+        cache_length = cache.segment_ids.shape[1]
+        attend_length = cache_length if attend_length is None else attend_length
+        if not tokens.shape[1] <= attend_length <= cache_length:
+            raise ValueError(f"Llama: attend_length={attend_length} must lie in [block length "
+                             f"{tokens.shape[1]}, cache length {cache_length}]")
         if segment_ids is None:
             segment_ids = jnp.ones_like(tokens)
-        segment_ids_slots = self.variable("cache", "segment_ids",
-                                          nn.with_logical_partitioning(jnp.zeros, CACHE_SEGMENT_AXES),
-                                          tokens.shape, jnp.int32)
-        write_index = self.variable("cache", "index", jnp.zeros, (), jnp.int32)
-        first_slot = write_index.value
-        segment_ids_slots.value = jax.lax.dynamic_update_slice_in_dim(
-            segment_ids_slots.value, segment_ids.astype(jnp.int32), first_slot, axis=1)
-        write_index.value = first_slot + tokens.shape[1]
-        slot_segment_ids = nn.with_logical_constraint(segment_ids_slots.value, CACHE_SEGMENT_AXES)
-        return CacheWrite(first_slot, segment_causal_mask(segment_ids, slot_segment_ids, first_slot))
+        first_slot = cache.index
+        slot_segment_ids = nn.with_logical_constraint(jax.lax.dynamic_update_slice_in_dim(
+            cache.segment_ids, segment_ids.astype(jnp.int32), first_slot, axis=1), CACHE_SEGMENT_AXES)
+        mask = segment_causal_mask(segment_ids, slot_segment_ids[:, :attend_length], first_slot)
+        cache_write = CacheWrite(first_slot, mask, attend_length)
+        key = nn.with_logical_constraint(cache.key, CACHE_KEY_VALUE_AXES)
+        value = nn.with_logical_constraint(cache.value, CACHE_KEY_VALUE_AXES)
+        (x, _, key, value), _ = self._layer_stack(DecoderLayer)(
+            (x, jnp.zeros((), jnp.int32), key, value), positions, segment_ids, cache_write)
+        logits = LmHead(self.config, name="lm_head")(RMSNorm(self.config, name="final_norm")(x))
+        return logits, KVCache(key, value, slot_segment_ids, first_slot + tokens.shape[1])
 
 
 def init_params(config: ModelConfig, rng: jax.Array):
@@ -254,10 +321,12 @@ def init_params(config: ModelConfig, rng: jax.Array):
     return model.init(rng, one_token, one_token, one_token)["params"]
 
 
-def init_cache(config: ModelConfig, batch_size: int, cache_length: int):
-    """An empty cache for `Llama(config).apply(..., decode=True)`: zeros (unboxed) for batch_size rows
-    of cache_length slots. Inside a jit this costs no model computation (only shapes are traced)."""
-    slots = jax.ShapeDtypeStruct((batch_size, cache_length), jnp.int32)
-    init = functools.partial(Llama(config).init, decode=True)
-    shapes = nn.unbox(jax.eval_shape(init, jax.random.key(0), slots, slots, slots)["cache"])
-    return jax.tree.map(lambda leaf: jnp.zeros(leaf.shape, leaf.dtype), shapes)
+def init_cache(config: ModelConfig, batch_size: int, cache_length: int) -> KVCache:
+    """An empty `KVCache` (zeros) of batch_size rows and cache_length slots, keys and values in the
+    compute dtype. Unwritten slots must be zeros, not garbage: masked out, they still multiply a zero
+    probability, and 0 * NaN would poison the output."""
+    kv_shape = (config.num_layers, batch_size, cache_length, config.num_kv_heads, config.head_dim)
+    return KVCache(key=jnp.zeros(kv_shape, config.compute_jnp_dtype),
+                   value=jnp.zeros(kv_shape, config.compute_jnp_dtype),
+                   segment_ids=jnp.zeros((batch_size, cache_length), jnp.int32),
+                   index=jnp.zeros((), jnp.int32))
