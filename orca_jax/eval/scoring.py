@@ -1,0 +1,398 @@
+"""Score a model's response against a gold answer the way a careful person would.
+
+`score(response, options, gold)` reads one answer from a free-form response and compares it with the
+gold. What counts as an answer depends on the answer space, judged from `options` and `gold`:
+
+- **choice**: the options are lettered, "(A) text" or "A text" (BBH, AGIEval). An option is named by
+  its letter in any dress, "(B)", "B", "b" (alone), "B)", "B.", "[B]", "Option B", "option (b)",
+  "**B**", "\\text{B}", or by its text, compared as normalised tokens (case, punctuation, quotes and a
+  trailing period ignored; number words read as digits, so "3" names "(D) three"). A bare capital is
+  a letter only when a lowercase word does not follow it ("A heptagon" is an article), unless that
+  word is a verb or conjunction ("A is", "A or B"). A text gold equal to an option's text means that
+  option; one equal to none (BBH's "Monsters, Inc", split into two options) is matched as text.
+- **label**: options that are not lettered (["Yes", "No"], ["valid", "invalid"]), or no options and a
+  gold among yes/no, true/false, valid/invalid. "not valid" reads as "invalid" (any negated label of
+  a two-label set reads as the other); for yes/no, "plausible"/"implausible" read as yes/no.
+- **number**: no options and an integer gold. Numbers may carry units, commas and signs ("8 musical
+  instruments", "1,024", "-11520") or be words ("eight").
+- **text**: anything else (dyck_languages, word_sorting, the demo's weekdays and lists): the answer
+  text, lower-cased with whitespace collapsed and wrapping quotes, markup and trailing periods
+  removed, must equal the gold so normalised.
+
+Where the answer is read, first rule that finds one wins:
+1. the last explicit final-answer statement that names an answer: an "Answer:" label (also "Final
+   answer:", `**Answer:** (A)`, "### Answer" with the answer on the next line), "the answer is ..."
+   (also "the correct option is", "I'd go with", "I pick"), `\\boxed{...}`, or a self-correction
+   ("Wait", "Correction:", "On second thought", "actually it is"); being the last, a correction
+   overrides what it corrects;
+2. the first line, when it starts with an answer (after markup and "I think", "It's", "There are"; not
+   a numbered list item), as Orca's system message 8 asks for the answer first;
+3. the last line, from its last conclusion marker ("so", "therefore", "=") on when that names an
+   answer, unless the line looks truncated (six or more words with no closing punctuation);
+4. the one option or label the whole response names, when it names exactly one (not for numbers or
+   text; not when truncated).
+Text answers use rules 1 and 3 only, reading the last line whole: an explicit statement, else the
+last line, as the old `exact_match.extract_answer` did, so demo responses ending `Answer: <gold>`
+score as before.
+
+Several answers in the part read: a mention preceded by "not", "rather than", "instead of", "over",
+or followed by "is wrong"/"is not"/"can be eliminated" is set aside, so "(B) is sarcastic, not (A)",
+"(B) rather than (A)" and "not (A) but (B)" read as B. Of the rest the first is the answer, unless a
+different one follows within 80 characters joined by a hedge ("or", "either", "maybe", "possibly",
+"might", "could") or listed next to it ("(A) and (C)", "8 9"): that is a hedge, scored wrong. A
+refusal or doubt on the line read ("I cannot determine", "none of the options", "I'm not sure",
+"not enough information") is wrong even when it names an answer; a refusal phrase that is an option's
+text ("(E) None of these") is an answer, not a refusal.
+
+Hedges and refusals give `extracted == ""`. Responses over 20,000 characters are scored on their first
+5,000 and last 15,000, and every pattern is linear in the text, so any string is safe to score.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Sequence
+
+MAX_CHARS, HEAD_CHARS = 20_000, 5_000
+HEDGE_REACH = 80  # characters between two answers beyond which the second is explanation, not a hedge
+MAX_STATEMENTS = 32  # explicit statements examined, from the last; bounds work on adversarial input
+
+_NUMBER_WORDS = {word: str(value) for value, word in enumerate(
+    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
+    "sixteen seventeen eighteen nineteen twenty".split())}
+_BINARY_LABELS = ({"yes", "no"}, {"true", "false"}, {"valid", "invalid"})
+
+# Words of option text: numbers (commas inside dropped later), words, and symbols that carry meaning.
+_TOKEN = re.compile(r"\d+(?:[.,]\d+)*|[^\W_]+|[^\w\s.,;:!?'\"`*_()\[\]{}$\\’‘“”]")
+_LETTERED = re.compile(r"\s*\(?([A-Z])(?:\)|[.:]\s|\s)\s*(.*)", re.DOTALL)
+_GOLD_LETTER = re.compile(r"\(?([A-Za-z])\)?")
+_DRESSED_LETTER = re.compile(
+    r"\(\s*([A-Za-z])\s*\)|\[([A-Za-z])\]|\b(?:option|choice)(?:\s+\(?|\()([A-Za-z])\b\)?|\*\*\(?([A-Za-z])[.):]?\*\*",
+    re.IGNORECASE)
+_BARE_LETTER = re.compile(r"(?<![\w'’\\])([A-Z])(?![\w'’])")
+# A bare capital followed by one of these is still a letter ("A is correct", "A or B").
+_LETTER_FOLLOWERS = re.compile(
+    r"\s+(?!(?:is|was|would|seems|must|should|fits|looks|appears|matches|because|since|as|or|and|but|"
+    r"nor|then|so|rather|instead|not|over|too|also)\b)[a-z]")
+_NUMBER = re.compile(r"(?<![\w.\-−])[-−]?\d{1,3}(?:,\d{3})+(?![\d])|(?<![\w.\-−])[-−]?\d+(?:\.\d+)?(?![\d])|"
+                     r"\b(?:" + "|".join(_NUMBER_WORDS) + r")\b", re.IGNORECASE)
+# "Among A through E, the answer is B" (AGIEval's prompt) names a range, not two answers.
+_LETTER_RANGE = re.compile(r"\b(?:among|from|between)\s+\(?[A-Z]\)?\s+(?:through|to|and|-|–)\s+\(?[A-Z]\)?",
+                           re.IGNORECASE)
+
+_LABEL = re.compile(r"\b(?:final\s+|correct\s+|my\s+)?answer(?:\*\*|__)?\s*[:：]", re.IGNORECASE)
+_HEADING = re.compile(r"^[ \t#*_>]*(?:final\s+)?answer[ \t*_:]*$", re.IGNORECASE | re.MULTILINE)
+_ANSWER_IS = re.compile(
+    r"\b(?:answer|choice|option)\s+(?:here\s+)?(?:is|would be|must be|should be|will be)\b\s*:?"
+    r"|\bi(?:'d|’d| would| will|'ll)?\s+(?:go with|choose|pick|select)\b", re.IGNORECASE)
+_BOXED = re.compile(r"\\(?:boxed|fbox)\{")
+_CORRECTION = re.compile(r"\b(?:wait|correction|on second thought|on reflection|scratch that|"
+                         r"i made (?:a|an) (?:mistake|error)|let me correct(?: that| myself)?)\b[:,.!]?"
+                         r"|\bactually,?(?=\s+(?:the|it|i)\b)", re.IGNORECASE)
+_CONCLUSION = re.compile(r"\b(?:so|therefore|thus|hence|which means|this means|that means|meaning)\b,?|=",
+                         re.IGNORECASE)
+_LEAD = re.compile(r"[\s#>*_\"'`“‘-]*(?:(?:i think|i believe|i'd say|i would say|my answer is|answer|"
+                   r"it's|it is|that's|that is|there are|there is|i have|you have|the total is|total)\b"
+                   r"[\s:,*_-]*)?", re.IGNORECASE)
+_ARTICLE = re.compile(r"(?:a|an|the)\s+", re.IGNORECASE)
+_LIST_ITEM = re.compile(r"\s*(?:step\s*)?\d+[.):]\s+\S", re.IGNORECASE)
+
+_NEGATED_BEFORE = re.compile(
+    r"(?:\bnot|n't|\bnor|\bneither|\brather than|\binstead of|\bover|\bexcept|\bexclud\w*|\brule\w* out|"
+    r"\beliminat\w*|\bcannot be|\bcan't be)\s*(?:option|choice)?\s*[(\[*]*$", re.IGNORECASE)
+_NEGATED_AFTER = re.compile(
+    r"\s*\)?\s*(?:(?:is|was|are|can|would|must|seems|does)\s+(?:be\s+)?(?:not\b|never\b|incorrect|wrong|"
+    r"false\b|eliminated|excluded|ruled out|impossible)|(?:isn't|wasn't|can't|cannot|doesn't)\b)", re.IGNORECASE)
+_LABEL_NEGATED = re.compile(r"(?:\bnot|n't)\W+(?:\w+\W+)?$", re.IGNORECASE)
+_HEDGE = re.compile(r"\b(?:or|either|possibly|maybe|perhaps|might|could|alternatively)\b|/", re.IGNORECASE)
+_LISTED = re.compile(r"[\s,;&/*]*(?:(?:and|or)\b)?[\s,*]*", re.IGNORECASE)
+_REFUSAL = re.compile(
+    r"\b(?:cannot|can't|can not|unable to|impossible to|not possible to|no way to)\s+(?:be\s+)?"
+    r"(?:determine|determined|tell|say|answer|know|decide|be certain|be sure)\b"
+    r"|\bnot\s+(?:entirely\s+|completely\s+|really\s+|totally\s+)?(?:sure|certain)\b|\b(?:unsure|uncertain)\b"
+    r"|\b(?:don't|do not)\s+know\b|\bnone of (?:the (?:options|choices|answers|above|given)|them|these)\b"
+    r"|(?:\bnot|n't|\bno)\s+(?:\w+\s+)?enough\s+(?:information|info|context|data)\b"
+    r"|\binsufficient\s+(?:information|context)\b", re.IGNORECASE)
+
+_HEDGED = "\0hedge"  # an outcome naming no single answer: scored wrong, extracted ""
+
+
+@dataclasses.dataclass(frozen=True)
+class Verdict:
+    extracted: str
+    """The answer read from the response, canonical: "(B)", "yes", "valid", "8", or normalised text;
+    "" when none was found (also for hedges and refusals)."""
+    correct: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class _Space:
+    kind: str  # "choice", "label", "number" or "text"
+    phrases: dict[tuple[str, ...], str]  # normalised tokens of a text -> the answer it names
+    letters: str = ""
+    opposite: dict[str, str] = dataclasses.field(default_factory=dict)  # label -> its negation
+
+
+@dataclasses.dataclass(frozen=True)
+class _Mention:
+    start: int
+    end: int
+    answer: str
+    is_text: bool = False  # named by option text, not by letter: may hold words like "none of these"
+
+
+def _tokens(text: str) -> list[tuple[str, int, int]]:
+    out = []
+    for match in _TOKEN.finditer(text):
+        word = match.group().lower().replace(",", "")
+        out.append((_NUMBER_WORDS.get(word, word), match.start(), match.end()))
+    return out
+
+
+def _phrase(text: str) -> tuple[str, ...]:
+    return tuple(word for word, _, _ in _tokens(text))
+
+
+def normalise_text(text: str) -> str:
+    """Lower case, single spaces, without wrapping quotes/markup or trailing periods."""
+    text = " ".join(text.split()).lower().strip(" *_`\"'“”‘’")
+    return text.rstrip(".").strip()
+
+
+def _answer_space(options: Sequence[str], gold: str) -> tuple[_Space, str]:
+    """The answer space of a question and its gold answer in canonical form."""
+    lettered = [_LETTERED.fullmatch(option) for option in options]
+    if options and all(m and m.group(1) == chr(ord("A") + i) for i, m in enumerate(lettered)):
+        phrases = {_phrase(m.group(2)): f"({m.group(1)})" for m in reversed(lettered) if _phrase(m.group(2))}
+        letters = "".join(m.group(1) for m in lettered)
+        gold_letter = _GOLD_LETTER.fullmatch(gold.strip())
+        if gold_letter and gold_letter.group(1).upper() in letters:
+            return _Space("choice", phrases, letters), f"({gold_letter.group(1).upper()})"
+        if _phrase(gold) in phrases:
+            return _Space("choice", phrases, letters), phrases[_phrase(gold)]
+        text_gold = normalise_text(gold)  # a gold no option spells: match it as a phrase of its own
+        return _Space("choice", {**phrases, _phrase(gold): text_gold}, letters), text_gold
+    labels = {normalise_text(option) for option in options}
+    if not options:
+        labels = next((pair for pair in _BINARY_LABELS if normalise_text(gold) in pair), set())
+    if labels:
+        labels.add(normalise_text(gold))
+        phrases = {_phrase(label): label for label in labels}
+        opposite = {}
+        if len(labels) == 2:
+            first, second = sorted(labels)
+            opposite = {first: second, second: first}
+        if labels == {"yes", "no"}:
+            phrases.update({("plausible",): "yes", ("implausible",): "no"})
+        return _Space("label", phrases, opposite=opposite), normalise_text(gold)
+    number = _canonical_number(gold.strip())
+    if re.fullmatch(r"-?\d+", number):
+        return _Space("number", {}), number
+    return _Space("text", {}), normalise_text(gold)
+
+
+def _canonical_number(text: str) -> str:
+    text = _NUMBER_WORDS.get(text.lower(), text).replace(",", "").replace("−", "-")
+    if re.fullmatch(r"-?\d+\.0*", text):
+        text = text.split(".")[0]
+    return "0" if text == "-0" else text
+
+
+def _mentions(space: _Space, text: str, start: int, end: int) -> list[_Mention]:
+    """The answers named in text[start:end], in order, negated ones set aside or flipped."""
+    segment = text[start:end]
+    found: list[_Mention] = []
+    if space.kind == "number":
+        found = [_Mention(m.start(), m.end(), _canonical_number(m.group())) for m in _NUMBER.finditer(segment)]
+    if space.kind == "choice":
+        for match in _DRESSED_LETTER.finditer(segment):
+            letter = next(group for group in match.groups() if group).upper()
+            if letter in space.letters and (match.group(0)[0] in "([*" or letter == match.group(3)
+                                            or not _LETTER_FOLLOWERS.match(segment, match.end())):
+                found.append(_Mention(match.start(), match.end(), f"({letter})"))
+        for match in _BARE_LETTER.finditer(segment):
+            if match.group(1) in space.letters and not _LETTER_FOLLOWERS.match(segment, match.end()):
+                found.append(_Mention(match.start(), match.end(), f"({match.group(1)})"))
+        lone = re.fullmatch(r"[\s*_`\"'(\[]*([a-z])[\s.)\]*_`\"']*", segment)
+        if lone and lone.group(1).upper() in space.letters:
+            found.append(_Mention(lone.start(1), lone.end(1), f"({lone.group(1).upper()})"))
+    found += _phrase_mentions(space, segment)
+    found = [m for m in found if not any(o.is_text and o.start <= m.start and m.end <= o.end and
+                                         (o.end - o.start) > (m.end - m.start) for o in found)]
+    kept, covered = [], 0
+    for mention in sorted(found, key=lambda m: (m.start, -m.end)):
+        if mention.start < covered:
+            continue  # "(B) Frankenstein" read twice, or the letter inside "**(B)**"
+        covered = mention.end
+        before, after = segment[max(0, mention.start - 30):mention.start], segment[mention.end:mention.end + 40]
+        if space.kind == "label" and _LABEL_NEGATED.search(before):
+            if mention.answer in space.opposite:
+                kept.append(dataclasses.replace(mention, answer=space.opposite[mention.answer]))
+            continue
+        if _NEGATED_BEFORE.search(before) or _NEGATED_AFTER.match(after):
+            continue
+        kept.append(mention)
+    return [dataclasses.replace(m, start=m.start + start, end=m.end + start) for m in kept]
+
+
+def _phrase_mentions(space: _Space, segment: str) -> list[_Mention]:
+    tokens = _tokens(segment)
+    where: dict[str, list[int]] = {}
+    for index, (word, _, _) in enumerate(tokens):
+        where.setdefault(word, []).append(index)
+    found = []
+    for phrase, answer in space.phrases.items():
+        for index in where.get(phrase[0], ()):
+            if tuple(word for word, _, _ in tokens[index:index + len(phrase)]) == phrase:
+                found.append(_Mention(tokens[index][1], tokens[index + len(phrase) - 1][2], answer, True))
+    return found
+
+
+def _resolve(text: str, mentions: list[_Mention]) -> str | None:
+    """The one answer a run of mentions gives, _HEDGED for two or more, None for none."""
+    if not mentions:
+        return None
+    first = mentions[0]
+    for other in mentions[1:]:
+        between = text[first.end:other.start]
+        if other.answer != first.answer and len(between) <= HEDGE_REACH and (
+                _HEDGE.search(between) or _LISTED.fullmatch(between)):
+            return _HEDGED
+    return first.answer
+
+
+def _refuses(text: str, start: int, end: int, mentions: list[_Mention]) -> bool:
+    return any(not any(m.is_text and m.start < r.end() + start and r.start() + start < m.end for m in mentions)
+               for r in _REFUSAL.finditer(text, start, end))
+
+
+def _line_bounds(text: str, position: int) -> tuple[int, int]:
+    start = text.rfind("\n", 0, position) + 1
+    end = text.find("\n", position)
+    return start, len(text) if end < 0 else end
+
+
+def _statements(text: str, space: _Space) -> list[tuple[int, int, int]]:
+    """(answer start, answer end, line start) of each explicit final-answer statement, in order."""
+    found = []
+    patterns = [_LABEL, _ANSWER_IS] + ([] if space.kind == "text" else [_CORRECTION])
+    for pattern in patterns:
+        for match in pattern.finditer(text):
+            line_start, line_end = _line_bounds(text, match.start())
+            end = line_end
+            if pattern is _ANSWER_IS and space.kind == "text":
+                period = re.search(r"\.(?=\s|$)", text[match.end():line_end])
+                end = match.end() + period.start() if period else line_end
+            found.append((match.end(), end, line_start))
+    for match in _HEADING.finditer(text):
+        found.append((match.end(), match.end(), match.start()))
+    for match in _BOXED.finditer(text):
+        depth, end = 1, match.end()
+        while end < len(text) and end < match.end() + 200 and depth:
+            depth += {"{": 1, "}": -1}.get(text[end], 0)
+            end += 1
+        found.append((match.end(), end - 1 if not depth else end, _line_bounds(text, match.start())[0]))
+    found.sort()
+    statements = []
+    for start, end, line_start in found:
+        if not text[start:end].strip(" \t*_:"):  # "**Answer:**" alone: the answer is on the next line
+            next_line = re.compile(r"\s*(\S[^\n]*)").match(text, end)
+            if not next_line:
+                continue
+            start, end = next_line.start(1), next_line.end(1)
+        statements.append((start, end, line_start))
+    return statements
+
+
+def _read(text: str, space: _Space, start: int, end: int, context_start: int) -> str | None:
+    """The outcome of reading text[start:end], refusals judged on text[context_start:end]."""
+    if space.kind == "text":
+        answer = normalise_text(text[start:end])
+        return answer or None
+    mentions = _mentions(space, text, start, end)
+    # After a correction inside the part read, only what follows it counts.
+    cue = None
+    for cue in _CORRECTION.finditer(text, start, end):
+        pass
+    if cue and any(m.start >= cue.end() for m in mentions):
+        mentions = [m for m in mentions if m.start >= cue.end()]
+    if _refuses(text, context_start, end, mentions):
+        return _HEDGED
+    return _resolve(text, mentions)
+
+
+def _first_line(text: str, space: _Space) -> str | None:
+    match = re.compile(r"\s*(\S[^\n]*)").match(text)
+    if not match or _LIST_ITEM.match(match.group(1)):
+        return None
+    start, end = match.span(1)
+    lead = _LEAD.match(text, start).end()
+    article = _ARTICLE.match(text, lead)
+    mentions = _mentions(space, text, start, end)
+    if not mentions or mentions[0].start > (article.end() if article else lead):
+        return None
+    first = mentions[0]
+    if first.is_text and len(_phrase(text[first.start:first.end])) == 1 and space.kind != "number":
+        # A one-word answer leads only when punctuation or the line end follows: not "No one else ..."
+        if not re.match(r"\s*(?:[^\w\s]|$)", text[first.end:end]):
+            return None
+    return _read(text, space, start, end, start)
+
+
+def _last_line(text: str, space: _Space) -> str | None:
+    lines = [match.span(1) for match in re.finditer(r"(\S[^\n]*)", text)]
+    if not lines:
+        return None
+    start, end = lines[-1]
+    line = text[start:end].rstrip()
+    if len(line.split()) >= 6 and re.search(r"[\w,;:(\-]$", line):
+        return None  # cut off mid-sentence: a truncated generation states no answer
+    if space.kind != "text":
+        for marker in reversed(list(_CONCLUSION.finditer(text, start, end))):
+            outcome = _read(text, space, marker.end(), end, start)
+            if outcome is not None:
+                return outcome
+    return _read(text, space, start, end, start)
+
+
+def _named_once(text: str, space: _Space) -> str | None:
+    if space.kind in ("number", "text"):
+        return None
+    mentions = [m for m in _mentions(space, text, 0, len(text))
+                if m.is_text or not _BARE_LETTER.fullmatch(text[m.start:m.end])]
+    answers = {m.answer for m in mentions}
+    if len(answers) != 1:
+        return None
+    return _HEDGED if _refuses(text, 0, len(text), mentions) else answers.pop()
+
+
+def _truncated(text: str) -> bool:
+    line = text.rstrip().rsplit("\n", 1)[-1]
+    return len(line.split()) >= 6 and bool(re.search(r"[\w,;:(\-]$", line))
+
+
+def score(response: str, options: Sequence[str], gold: str) -> Verdict:
+    """Read the answer in `response` and compare it with `gold` (rules in the module docstring).
+
+    `options` are the question's options as in the benchmark file ("(A) 12/11/1937", "(A)5(√3 + 1)",
+    or unlettered "Yes"/"No"), [] for free-form questions; `gold` as in the file: "(B)", "No", "8".
+    """
+    text = response if len(response) <= MAX_CHARS else \
+        response[:HEAD_CHARS] + "\n" + response[-(MAX_CHARS - HEAD_CHARS):]
+    text = _LETTER_RANGE.sub(lambda m: " " * len(m.group()), text.replace("\r", ""))
+    space, canonical_gold = _answer_space(options, gold)
+    outcome = None
+    for start, end, line_start in reversed(_statements(text, space)[-MAX_STATEMENTS:]):
+        outcome = _read(text, space, start, end, line_start)
+        if outcome is not None:
+            break
+    if outcome is None and space.kind != "text":
+        outcome = _first_line(text, space)
+    if outcome is None:
+        outcome = _last_line(text, space)
+    if outcome is None and not _truncated(text):
+        outcome = _named_once(text, space)
+    if outcome is None or outcome == _HEDGED:
+        return Verdict("", False)
+    return Verdict(outcome, outcome == canonical_gold)
