@@ -24,9 +24,10 @@ Where the answer is read, first rule that finds one wins:
    answer:", `**Answer:** (A)`, "### Answer" with the answer on the next line), "the answer is ..."
    (also "the correct option is", "I'd go with", "I pick"), `\\boxed{...}`, or a self-correction
    ("Wait", "Correction:", "On second thought", "actually it is"); being the last, a correction
-   overrides what it corrects;
+   overrides what it corrects; when none names one but the last line is an "Answer:" label, its text
+   is the answer ("Answer: Thursday" to a number question is wrong, not read elsewhere);
 2. the first line, when it starts with an answer (after markup and "I think", "It's", "There are"; not
-   a numbered list item), as Orca's system message 8 asks for the answer first;
+   a numbered list item or a line with "=", which starts a computation), as Orca's system message 8 asks for the answer first;
 3. the last line, from its last conclusion marker ("so", "therefore", "=") on when that names an
    answer, unless the line looks truncated (six or more words with no closing punctuation);
 4. the one option or label the whole response names, when it names exactly one (not for numbers or
@@ -39,7 +40,8 @@ Several answers in the part read: a mention preceded by "not", "rather than", "i
 or followed by "is wrong"/"is not"/"can be eliminated" is set aside, so "(B) is sarcastic, not (A)",
 "(B) rather than (A)" and "not (A) but (B)" read as B. Of the rest the first is the answer, unless a
 different one follows within 80 characters joined by a hedge ("or", "either", "maybe", "possibly",
-"might", "could") or listed next to it ("(A) and (C)", "8 9"): that is a hedge, scored wrong. A
+"might", "could"), listed next to it ("(A) and (C)", "8 9"), or itself doubted ("..., though (A)
+might also be"): that is a hedge, scored wrong. A
 refusal or doubt on the line read ("I cannot determine", "none of the options", "I'm not sure",
 "not enough information") is wrong even when it names an answer; a refusal phrase that is an option's
 text ("(E) None of these") is an answer, not a refusal.
@@ -56,7 +58,7 @@ from collections.abc import Sequence
 
 MAX_CHARS, HEAD_CHARS = 20_000, 5_000
 HEDGE_REACH = 80  # characters between two answers beyond which the second is explanation, not a hedge
-MAX_STATEMENTS = 32  # explicit statements examined, from the last; bounds work on adversarial input
+MAX_STATEMENTS = 32  # statements (and conclusion markers) examined, from the last: bounds adversarial work
 
 _NUMBER_WORDS = {word: str(value) for value, word in enumerate(
     "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
@@ -82,6 +84,7 @@ _LETTER_RANGE = re.compile(r"\b(?:among|from|between)\s+\(?[A-Z]\)?\s+(?:through
                            re.IGNORECASE)
 
 _LABEL = re.compile(r"\b(?:final\s+|correct\s+|my\s+)?answer(?:\*\*|__)?\s*[:：]", re.IGNORECASE)
+_FINAL_LABEL = re.compile(r"\banswer(?:\*\*|__)?\s*[:：]([^\n]*)$", re.IGNORECASE)
 _HEADING = re.compile(r"^[ \t#*_>]*(?:final\s+)?answer[ \t*_:]*$", re.IGNORECASE | re.MULTILINE)
 _ANSWER_IS = re.compile(
     r"\b(?:answer|choice|option)\s+(?:here\s+)?(?:is|would be|must be|should be|will be)\b\s*:?"
@@ -106,13 +109,17 @@ _NEGATED_AFTER = re.compile(
     r"false\b|eliminated|excluded|ruled out|impossible)|(?:isn't|wasn't|can't|cannot|doesn't)\b)", re.IGNORECASE)
 _LABEL_NEGATED = re.compile(r"(?:\bnot|n't)\W+(?:\w+\W+)?$", re.IGNORECASE)
 _HEDGE = re.compile(r"\b(?:or|either|possibly|maybe|perhaps|might|could|alternatively)\b|/", re.IGNORECASE)
+# "(D), though (A) might also be": the doubt follows the second answer.
+_HEDGE_AFTER = re.compile(r"\s*\)?\s*(?:(?:might|could|may)\s+(?:also\b|be\s+(?:right|correct|it)\b|work\b)"
+                          r"|(?:is|are|would be|could be)?\s*(?:also|equally)\s+(?:possible|plausible|correct|right|likely))",
+                          re.IGNORECASE)
 _LISTED = re.compile(r"[\s,;&/*]*(?:(?:and|or)\b)?[\s,*]*", re.IGNORECASE)
 _REFUSAL = re.compile(
     r"\b(?:cannot|can't|can not|unable to|impossible to|not possible to|no way to)\s+(?:be\s+)?"
     r"(?:determine|determined|tell|say|answer|know|decide|be certain|be sure)\b"
     r"|\bnot\s+(?:entirely\s+|completely\s+|really\s+|totally\s+)?(?:sure|certain)\b|\b(?:unsure|uncertain)\b"
     r"|\b(?:don't|do not)\s+know\b|\bnone of (?:the (?:options|choices|answers|above|given)|them|these)\b"
-    r"|(?:\bnot|n't|\bno)\s+(?:\w+\s+)?enough\s+(?:information|info|context|data)\b"
+    r"|(?:\bnot|n't|\bno|\bwithout)\s+(?:\w+\s+)?(?:enough|sufficient|more)\s+(?:information|info|context|data)\b"
     r"|\binsufficient\s+(?:information|context)\b", re.IGNORECASE)
 
 _HEDGED = "\0hedge"  # an outcome naming no single answer: scored wrong, extracted ""
@@ -218,12 +225,10 @@ def _mentions(space: _Space, text: str, start: int, end: int) -> list[_Mention]:
         if lone and lone.group(1).upper() in space.letters:
             found.append(_Mention(lone.start(1), lone.end(1), f"({lone.group(1).upper()})"))
     found += _phrase_mentions(space, segment)
-    found = [m for m in found if not any(o.is_text and o.start <= m.start and m.end <= o.end and
-                                         (o.end - o.start) > (m.end - m.start) for o in found)]
     kept, covered = [], 0
     for mention in sorted(found, key=lambda m: (m.start, -m.end)):
         if mention.start < covered:
-            continue  # "(B) Frankenstein" read twice, or the letter inside "**(B)**"
+            continue  # inside a longer mention: "**(B)**", "Monsters" within the gold "Monsters, Inc"
         covered = mention.end
         before, after = segment[max(0, mention.start - 30):mention.start], segment[mention.end:mention.end + 40]
         if space.kind == "label" and _LABEL_NEGATED.search(before):
@@ -257,13 +262,14 @@ def _resolve(text: str, mentions: list[_Mention]) -> str | None:
     for other in mentions[1:]:
         between = text[first.end:other.start]
         if other.answer != first.answer and len(between) <= HEDGE_REACH and (
-                _HEDGE.search(between) or _LISTED.fullmatch(between)):
+                _HEDGE.search(between) or _LISTED.fullmatch(between) or _HEDGE_AFTER.match(text, other.end)):
             return _HEDGED
     return first.answer
 
 
 def _refuses(text: str, start: int, end: int, mentions: list[_Mention]) -> bool:
-    return any(not any(m.is_text and m.start < r.end() + start and r.start() + start < m.end for m in mentions)
+    texts = [m for m in mentions if m.is_text]
+    return any(not any(m.start < r.end() and r.start() < m.end for m in texts)
                for r in _REFUSAL.finditer(text, start, end))
 
 
@@ -324,8 +330,8 @@ def _read(text: str, space: _Space, start: int, end: int, context_start: int) ->
 
 def _first_line(text: str, space: _Space) -> str | None:
     match = re.compile(r"\s*(\S[^\n]*)").match(text)
-    if not match or _LIST_ITEM.match(match.group(1)):
-        return None
+    if not match or _LIST_ITEM.match(match.group(1)) or "=" in match.group(1):
+        return None  # a numbered step or a computation ("46 - 22 = 24") starts with a number, not the answer
     start, end = match.span(1)
     lead = _LEAD.match(text, start).end()
     article = _ARTICLE.match(text, lead)
@@ -349,7 +355,7 @@ def _last_line(text: str, space: _Space) -> str | None:
     if len(line.split()) >= 6 and re.search(r"[\w,;:(\-]$", line):
         return None  # cut off mid-sentence: a truncated generation states no answer
     if space.kind != "text":
-        for marker in reversed(list(_CONCLUSION.finditer(text, start, end))):
+        for marker in list(_CONCLUSION.finditer(text, start, end))[-MAX_STATEMENTS:][::-1]:
             outcome = _read(text, space, marker.end(), end, start)
             if outcome is not None:
                 return outcome
@@ -387,6 +393,9 @@ def score(response: str, options: Sequence[str], gold: str) -> Verdict:
         outcome = _read(text, space, start, end, line_start)
         if outcome is not None:
             break
+    last_label = _FINAL_LABEL.search(text, text.rstrip().rfind("\n") + 1)
+    if outcome is None and last_label and normalise_text(last_label.group(1)):
+        outcome = normalise_text(last_label.group(1))  # committed to an answer outside the answer space
     if outcome is None and space.kind != "text":
         outcome = _first_line(text, space)
     if outcome is None:
