@@ -74,6 +74,7 @@ def test_option_text(response, options, gold, extracted, correct):
     "**Answer:**\n(B)",
     "Among A through C, the answer is B",
     "I'd go with (B).",
+    "Q: Which book does Bob have?\nA: (B)",
     "(A) looks tempting at first.\nThe correct option is (B).",
 ])
 def test_answer_statements(response):

@@ -21,7 +21,7 @@ gold. What counts as an answer depends on the answer space, judged from `options
 
 Where the answer is read, first rule that finds one wins:
 1. the last explicit final-answer statement that names an answer: an "Answer:" label (also "Final
-   answer:", `**Answer:** (A)`, "### Answer" with the answer on the next line), "the answer is ..."
+   answer:", `**Answer:** (A)`, "### Answer" with the answer on the next line, a transcript's "A:"), "the answer is ..."
    (also "the correct option is", "I'd go with", "I pick"), `\\boxed{...}`, or a self-correction
    ("Wait", "Correction:", "On second thought", "actually it is"); being the last, a correction
    overrides what it corrects; when none names one but the last line is an "Answer:" label, its text
@@ -66,7 +66,7 @@ _NUMBER_WORDS = {word: str(value) for value, word in enumerate(
 _BINARY_LABELS = ({"yes", "no"}, {"true", "false"}, {"valid", "invalid"})
 
 # Words of option text: numbers (commas inside dropped later), words, and symbols that carry meaning.
-_TOKEN = re.compile(r"\d+(?:[.,]\d+)*|[^\W_]+|[^\w\s.,;:!?'\"`*_()\[\]{}$\\’‘“”]")
+_TOKEN = re.compile(r"\d{1,3}(?:,\d{3})+(?!\d)|\d+(?:\.\d+)?|[^\W_]+|[^\w\s.,;:!?'\"`*_()\[\]{}$\\’‘“”]")
 _LETTERED = re.compile(r"\s*\(?([A-Z])(?:\)|[.:]\s|\s)\s*(.*)", re.DOTALL)
 _GOLD_LETTER = re.compile(r"\(?([A-Za-z])\)?")
 _DRESSED_LETTER = re.compile(
@@ -84,6 +84,7 @@ _LETTER_RANGE = re.compile(r"\b(?:among|from|between)\s+\(?[A-Z]\)?\s+(?:through
                            re.IGNORECASE)
 
 _LABEL = re.compile(r"\b(?:final\s+|correct\s+|my\s+)?answer(?:\*\*|__)?\s*[:：]", re.IGNORECASE)
+_QA_LABEL = re.compile(r"^[ \t]*A:(?=\s)", re.MULTILINE)  # "Q: ... A: (B)", the answer of a Q/A transcript
 _FINAL_LABEL = re.compile(r"\banswer(?:\*\*|__)?\s*[:：]([^\n]*)$", re.IGNORECASE)
 _HEADING = re.compile(r"^[ \t#*_>]*(?:final\s+)?answer[ \t*_:]*$", re.IGNORECASE | re.MULTILINE)
 _ANSWER_IS = re.compile(
@@ -161,7 +162,7 @@ def _phrase(text: str) -> tuple[str, ...]:
     return tuple(word for word, _, _ in _tokens(text))
 
 
-def normalise_text(text: str) -> str:
+def _normalise(text: str) -> str:
     """Lower case, single spaces, without wrapping quotes/markup or trailing periods."""
     text = " ".join(text.split()).lower().strip(" *_`\"'“”‘’")
     return text.rstrip(".").strip()
@@ -178,13 +179,13 @@ def _answer_space(options: Sequence[str], gold: str) -> tuple[_Space, str]:
             return _Space("choice", phrases, letters), f"({gold_letter.group(1).upper()})"
         if _phrase(gold) in phrases:
             return _Space("choice", phrases, letters), phrases[_phrase(gold)]
-        text_gold = normalise_text(gold)  # a gold no option spells: match it as a phrase of its own
+        text_gold = _normalise(gold)  # a gold no option spells: match it as a phrase of its own
         return _Space("choice", {**phrases, _phrase(gold): text_gold}, letters), text_gold
-    labels = {normalise_text(option) for option in options}
+    labels = {_normalise(option) for option in options}
     if not options:
-        labels = next((pair for pair in _BINARY_LABELS if normalise_text(gold) in pair), set())
+        labels = next((pair for pair in _BINARY_LABELS if _normalise(gold) in pair), set())
     if labels:
-        labels.add(normalise_text(gold))
+        labels.add(_normalise(gold))
         phrases = {_phrase(label): label for label in labels}
         opposite = {}
         if len(labels) == 2:
@@ -192,11 +193,11 @@ def _answer_space(options: Sequence[str], gold: str) -> tuple[_Space, str]:
             opposite = {first: second, second: first}
         if labels == {"yes", "no"}:
             phrases.update({("plausible",): "yes", ("implausible",): "no"})
-        return _Space("label", phrases, opposite=opposite), normalise_text(gold)
+        return _Space("label", phrases, opposite=opposite), _normalise(gold)
     number = _canonical_number(gold.strip())
     if re.fullmatch(r"-?\d+", number):
         return _Space("number", {}), number
-    return _Space("text", {}), normalise_text(gold)
+    return _Space("text", {}), _normalise(gold)
 
 
 def _canonical_number(text: str) -> str:
@@ -282,7 +283,7 @@ def _line_bounds(text: str, position: int) -> tuple[int, int]:
 def _statements(text: str, space: _Space) -> list[tuple[int, int, int]]:
     """(answer start, answer end, line start) of each explicit final-answer statement, in order."""
     found = []
-    patterns = [_LABEL, _ANSWER_IS] + ([] if space.kind == "text" else [_CORRECTION])
+    patterns = [_LABEL, _QA_LABEL, _ANSWER_IS] + ([] if space.kind == "text" else [_CORRECTION])
     for pattern in patterns:
         for match in pattern.finditer(text):
             line_start, line_end = _line_bounds(text, match.start())
@@ -314,7 +315,7 @@ def _statements(text: str, space: _Space) -> list[tuple[int, int, int]]:
 def _read(text: str, space: _Space, start: int, end: int, context_start: int) -> str | None:
     """The outcome of reading text[start:end], refusals judged on text[context_start:end]."""
     if space.kind == "text":
-        answer = normalise_text(text[start:end])
+        answer = _normalise(text[start:end])
         return answer or None
     mentions = _mentions(space, text, start, end)
     # After a correction inside the part read, only what follows it counts.
@@ -351,9 +352,8 @@ def _last_line(text: str, space: _Space) -> str | None:
     if not lines:
         return None
     start, end = lines[-1]
-    line = text[start:end].rstrip()
-    if len(line.split()) >= 6 and re.search(r"[\w,;:(\-]$", line):
-        return None  # cut off mid-sentence: a truncated generation states no answer
+    if _truncated(text):
+        return None
     if space.kind != "text":
         for marker in list(_CONCLUSION.finditer(text, start, end))[-MAX_STATEMENTS:][::-1]:
             outcome = _read(text, space, marker.end(), end, start)
@@ -374,6 +374,7 @@ def _named_once(text: str, space: _Space) -> str | None:
 
 
 def _truncated(text: str) -> bool:
+    """Whether the last line stops mid-sentence: a cut-off generation, which states no answer there."""
     line = text.rstrip().rsplit("\n", 1)[-1]
     return len(line.split()) >= 6 and bool(re.search(r"[\w,;:(\-]$", line))
 
@@ -394,8 +395,8 @@ def score(response: str, options: Sequence[str], gold: str) -> Verdict:
         if outcome is not None:
             break
     last_label = _FINAL_LABEL.search(text, text.rstrip().rfind("\n") + 1)
-    if outcome is None and last_label and normalise_text(last_label.group(1)):
-        outcome = normalise_text(last_label.group(1))  # committed to an answer outside the answer space
+    if outcome is None and last_label and _normalise(last_label.group(1)):
+        outcome = _normalise(last_label.group(1))  # committed to an answer outside the answer space
     if outcome is None and space.kind != "text":
         outcome = _first_line(text, space)
     if outcome is None:
