@@ -99,6 +99,7 @@ _CONCLUSION = re.compile(r"\b(?:so|therefore|thus|hence|which means|this means|t
 _LEAD = re.compile(r"[\s#>*_\"'`“‘-]*(?:(?:i think|i believe|i'd say|i would say|my answer is|answer|"
                    r"it's|it is|that's|that is|there are|there is|i have|you have|the total is|total)\b"
                    r"[\s:,*_-]*)?", re.IGNORECASE)
+_NEXT_LINE = re.compile(r"\s*(\S[^\n]*)")
 _ARTICLE = re.compile(r"(?:a|an|the)\s+", re.IGNORECASE)
 _LIST_ITEM = re.compile(r"\s*(?:step\s*)?\d+[.):]\s+\S", re.IGNORECASE)
 
@@ -304,7 +305,7 @@ def _statements(text: str, space: _Space) -> list[tuple[int, int, int]]:
     statements = []
     for start, end, line_start in found:
         if not text[start:end].strip(" \t*_:"):  # "**Answer:**" alone: the answer is on the next line
-            next_line = re.compile(r"\s*(\S[^\n]*)").match(text, end)
+            next_line = _NEXT_LINE.match(text, end)
             if not next_line:
                 continue
             start, end = next_line.start(1), next_line.end(1)
@@ -319,9 +320,8 @@ def _read(text: str, space: _Space, start: int, end: int, context_start: int) ->
         return answer or None
     mentions = _mentions(space, text, start, end)
     # After a correction inside the part read, only what follows it counts.
-    cue = None
-    for cue in _CORRECTION.finditer(text, start, end):
-        pass
+    cues = list(_CORRECTION.finditer(text, start, end))
+    cue = cues[-1] if cues else None
     if cue and any(m.start >= cue.end() for m in mentions):
         mentions = [m for m in mentions if m.start >= cue.end()]
     if _refuses(text, context_start, end, mentions):
@@ -330,7 +330,7 @@ def _read(text: str, space: _Space, start: int, end: int, context_start: int) ->
 
 
 def _first_line(text: str, space: _Space) -> str | None:
-    match = re.compile(r"\s*(\S[^\n]*)").match(text)
+    match = _NEXT_LINE.match(text)
     if not match or _LIST_ITEM.match(match.group(1)) or "=" in match.group(1):
         return None  # a numbered step or a computation ("46 - 22 = 24") starts with a number, not the answer
     start, end = match.span(1)
