@@ -8,6 +8,11 @@ Growing the vocabulary (LLaMA's 32000 pieces + the pad token = 32001) appends em
 lm_head columns, each set to the mean of the existing ones. The mean embedding is a neutral input;
 the mean lm_head column gives the new token an average logit, so it is neither favoured nor ruled
 out before training (the pad token is never a target, so training only pushes its logit down).
+
+Export writes a complete Hugging Face model directory: safetensors (sharded with an index above
+--max_shard_mb), config.json, and with --tokenizer (or --config, whose data.tokenizer and data.template
+it reads) the tokenizer files, chat templates and generation_config.json of model/hf_tokenizer.py.
+Import copies the checkpoint directory's tokenizer.model next to the params when there is one.
 """
 
 from __future__ import annotations
@@ -21,7 +26,9 @@ from typing import Any, Protocol
 import jax.numpy as jnp
 import numpy as np
 
-from orca_jax.model import params_io
+from orca_jax import config as config_lib
+from orca_jax.model import hf_tokenizer, params_io
+from orca_jax.data.templates import TEMPLATES
 from orca_jax.model.config import FLOAT_DTYPES, ModelConfig
 from orca_jax.model.hf_checkpoint import (HfCheckpoint, TensorToWrite, hf_config_from_model, hf_name,
                                           write_hf_config, write_safetensors)
@@ -94,20 +101,28 @@ def build_params(source: SourceCheckpoint, vocab_size: int | None = None,
 
 def import_checkpoint(source: SourceCheckpoint, out_dir: str | pathlib.Path, vocab_size: int | None = None,
                       dtype: str | None = None) -> ModelConfig:
-    """Convert `source` and save it with params_io under `out_dir`; returns the saved ModelConfig."""
+    """Convert `source` and save it with params_io under `out_dir`; returns the saved ModelConfig.
+
+    The source directory's tokenizer.model (if any) is copied beside the params, where training
+    configs point `data.tokenizer`."""
     params_io.check_not_saved(out_dir)
     params, config = build_params(source, vocab_size, dtype)
     params_io.save_params(out_dir, params, config)
+    if getattr(source, "dir", None) is not None:
+        hf_tokenizer.copy_sentencepiece(source.dir, out_dir)
     return config
 
 
 def export_hf(params_dir: str | pathlib.Path, out_dir: str | pathlib.Path, vocab_size: int | None = None,
               dtype: str | None = None,
-              max_shard_bytes: int = int(DEFAULT_MAX_SHARD_MB * 2**20)) -> list[str]:
+              max_shard_bytes: int = int(DEFAULT_MAX_SHARD_MB * 2**20),
+              tokenizer: str | pathlib.Path | None = None, template: str = "orca") -> list[str]:
     """Write the params under `params_dir` as an HF LLaMA checkpoint that LlamaForCausalLM loads.
 
     vocab_size: keep only the first vocab_size tokens (e.g. 32000 to drop the added pad token).
-    dtype: storage dtype of the safetensors; None keeps the saved dtype. Returns the files written.
+    dtype: storage dtype of the safetensors; None keeps the saved dtype.
+    tokenizer: the run's sentencepiece model; with it the directory also loads with AutoTokenizer,
+    its default chat template being `template` (the one the run trained with). Returns the files written.
     """
     out_dir = pathlib.Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
@@ -131,8 +146,11 @@ def export_hf(params_dir: str | pathlib.Path, out_dir: str | pathlib.Path, vocab
                              lambda: layout.to_torch(array).astype(out_dtype, copy=False))
 
     tensors = [tensor_to_write(layout, layer) for layout, layer in checkpoint_order(config.num_layers)]
+    token_ids = {}
+    if tokenizer is not None:  # first: a tokenizer that does not fit fails before gigabytes are written
+        token_ids = hf_tokenizer.write_hf_tokenizer(tokenizer, out_dir, template, vocab_size)
     files = write_safetensors(out_dir, tensors, max_shard_bytes)
-    write_hf_config(out_dir, hf_config_from_model(config, tensors[0].dtype))
+    write_hf_config(out_dir, {**hf_config_from_model(config, tensors[0].dtype), **token_ids})
     return files
 
 
@@ -162,7 +180,29 @@ def _parser() -> argparse.ArgumentParser:
                           help="storage dtype (default: the params')")
     exporter.add_argument("--max_shard_mb", type=float, default=DEFAULT_MAX_SHARD_MB,
                           help="largest safetensors file before splitting into shards with an index")
+    exporter.add_argument("--tokenizer", type=pathlib.Path, default=None,
+                          help="the run's sentencepiece .model: also write the HF tokenizer files")
+    exporter.add_argument("--template", choices=sorted(TEMPLATES), default=None,
+                          help="prompt template the run trained with = the default chat template "
+                               "(default: the config's data.template, else orca)")
+    exporter.add_argument("--config", default=None,
+                          help="training config (.py) whose data.tokenizer / data.template to use")
     return parser
+
+
+def _tokenizer_and_template(args: argparse.Namespace) -> tuple[pathlib.Path | None, str]:
+    """--tokenizer / --template, falling back to the training config's data block."""
+    tokenizer, template = args.tokenizer, args.template
+    if args.config:
+        try:
+            data = config_lib.load_config(args.config).get("data", None) or {}
+        except config_lib.ConfigError as err:
+            raise ConversionError(str(err)) from None
+        tokenizer = tokenizer or (pathlib.Path(data["tokenizer"]) if data.get("tokenizer") else None)
+        template = template or data.get("template", None)
+        if tokenizer is None:
+            raise ConversionError(f"{args.config}: no data.tokenizer; pass --tokenizer")
+    return tokenizer, template or "orca"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -176,9 +216,11 @@ def main(argv: list[str] | None = None) -> int:
             config = import_checkpoint(source, args.out, args.vocab_size, args.dtype)
             print(f"wrote {args.out}: {config}")
         else:
+            tokenizer, template = _tokenizer_and_template(args)
             files = export_hf(args.params, args.out, args.vocab_size, args.dtype,
-                              int(args.max_shard_mb * 2**20))
-            print(f"wrote {args.out}: config.json, {', '.join(files)}")
+                              int(args.max_shard_mb * 2**20), tokenizer, template)
+            extra = f" (tokenizer, chat template {template!r})" if tokenizer else " (no tokenizer: pass --tokenizer)"
+            print(f"wrote {args.out}: config.json, {', '.join(files)}{extra}")
     except (ConversionError, params_io.ParamsIOError) as err:
         print(f"orca-jax convert-weights: error: {err}", file=sys.stderr)
         return 1
