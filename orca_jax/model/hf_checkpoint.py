@@ -2,6 +2,8 @@
 
 Reading uses safetensors' `pread` backend, one tensor per call, so host memory holds the tensor being
 converted and nothing else of the file (a memory map would keep every page it touched resident).
+Writing streams too: a file's header is laid out from the tensors' shapes and dtypes, then each
+tensor is produced and written alone (`write_safetensors_file`), so a shard is never held whole.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ from typing import Any, NamedTuple
 
 import numpy as np
 from safetensors import SafetensorError, safe_open
-from safetensors.numpy import save_file
 
 from orca_jax.model.config import ModelConfig
 from orca_jax.model.weight_layout import ConversionError, ParamLayout, checkpoint_order
@@ -107,6 +108,34 @@ def hf_config_from_model(config: ModelConfig, dtype: np.dtype) -> dict[str, Any]
     }
 
 
+def open_safetensors(path: pathlib.Path, use: Callable):
+    """`use(file)` on the opened safetensors file; a ConversionError naming the file if it is unreadable."""
+    try:
+        with safe_open(path, framework="numpy", backend="pread") as file:
+            return use(file)
+    except (SafetensorError, OSError) as err:
+        raise ConversionError(f"{path}: cannot read safetensors file ({err})") from None
+
+
+def weight_map(directory: pathlib.Path) -> dict[str, str]:
+    """Tensor name -> file name of a safetensors directory: from the index when sharded, else from the
+    single file's header."""
+    directory = pathlib.Path(directory)
+    index_path = directory / INDEX_FILE
+    if index_path.is_file():
+        try:
+            return dict(json.loads(index_path.read_text())["weight_map"])
+        except (json.JSONDecodeError, KeyError, TypeError) as err:
+            raise ConversionError(f"{index_path}: no readable weight_map ({err!r})") from None
+    if (directory / SINGLE_FILE).is_file():
+        return {name: SINGLE_FILE for name in open_safetensors(directory / SINGLE_FILE, lambda f: f.keys())}
+    if not directory.is_dir():
+        raise ConversionError(f"{directory} is not a directory")
+    found = sorted(path.name for path in directory.iterdir())
+    raise ConversionError(f"{directory}: neither {SINGLE_FILE} nor {INDEX_FILE} found (directory holds "
+                          f"{found}); only safetensors checkpoints are supported")
+
+
 class HfCheckpoint:
     """A Hugging Face checkpoint directory, read one tensor at a time."""
 
@@ -128,26 +157,10 @@ class HfCheckpoint:
         self._check_no_extra_tensors()
 
     def _weight_map(self) -> dict[str, str]:
-        """Tensor name -> file name, from the index when sharded, else from the single file's header."""
-        index_path = self.dir / INDEX_FILE
-        if index_path.is_file():
-            try:
-                return dict(json.loads(index_path.read_text())["weight_map"])
-            except (json.JSONDecodeError, KeyError, TypeError) as err:
-                raise ConversionError(f"{index_path}: no readable weight_map ({err!r})") from None
-        if (self.dir / SINGLE_FILE).is_file():
-            return {name: SINGLE_FILE for name in self._open(SINGLE_FILE, lambda f: f.keys())}
-        found = sorted(path.name for path in self.dir.iterdir())
-        raise ConversionError(f"{self.dir}: neither {SINGLE_FILE} nor {INDEX_FILE} found (directory holds "
-                              f"{found}); only safetensors checkpoints are supported")
+        return weight_map(self.dir)
 
     def _open(self, file_name: str, use: Callable):
-        path = self.dir / file_name
-        try:
-            with safe_open(path, framework="numpy", backend="pread") as file:
-                return use(file)
-        except (SafetensorError, OSError) as err:
-            raise ConversionError(f"{path}: cannot read safetensors file ({err})") from None
+        return open_safetensors(self.dir / file_name, use)
 
     def _check_no_extra_tensors(self) -> None:
         """Fail on tensors we would silently drop, e.g. the biases of a variant we do not model."""
@@ -199,14 +212,44 @@ def write_hf_config(out_dir: pathlib.Path, hf_config: dict[str, Any]) -> None:
     (out_dir / CONFIG_FILE).write_text(json.dumps(hf_config, indent=2) + "\n")
 
 
-def write_safetensors(out_dir: pathlib.Path, tensors: Sequence[TensorToWrite],
-                      max_shard_bytes: int) -> list[str]:
-    """Write `tensors` into safetensors files of at most max_shard_bytes (a larger tensor gets its own).
+# safetensors dtype codes (the format's spec) for the NumPy dtypes checkpoints use.
+SAFETENSORS_DTYPES = {"float64": "F64", "float32": "F32", "float16": "F16", "bfloat16": "BF16",
+                      "int64": "I64", "int32": "I32", "int16": "I16", "int8": "I8", "uint64": "U64",
+                      "uint32": "U32", "uint16": "U16", "uint8": "U8", "bool": "BOOL"}
 
-    One shard is `model.safetensors`; several are `model-0000i-of-0000n.safetensors` with an index, as
-    `save_pretrained` writes them. Only one shard's arrays are materialised at a time. Returns file names.
+
+def write_safetensors_file(path: pathlib.Path, tensors: Sequence[TensorToWrite],
+                           metadata: dict[str, str] | None = None) -> None:
+    """One safetensors file, its tensors produced and written one at a time.
+
+    The header (8-byte little-endian length, JSON padded with spaces to a multiple of 8) holds every
+    tensor's dtype, shape and byte range, all known before any data; the data follows in header order.
     """
-    shards: list[list] = [[]]
+    header: dict[str, Any] = {"__metadata__": metadata} if metadata else {}
+    offset = 0
+    for tensor in tensors:
+        nbytes = math.prod(tensor.shape) * np.dtype(tensor.dtype).itemsize
+        header[tensor.name] = {"dtype": SAFETENSORS_DTYPES[np.dtype(tensor.dtype).name],
+                               "shape": list(tensor.shape), "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    header_bytes = json.dumps(header, separators=(",", ":")).encode()
+    header_bytes += b" " * (-len(header_bytes) % 8)
+    with open(path, "wb") as file:
+        file.write(len(header_bytes).to_bytes(8, "little"))
+        file.write(header_bytes)
+        for tensor in tensors:
+            array = np.ascontiguousarray(tensor.make_array())
+            if array.shape != tuple(tensor.shape) or array.dtype != np.dtype(tensor.dtype):
+                raise ConversionError(f"{path}: tensor {tensor.name} came out as {array.dtype}{list(array.shape)}, "
+                                      f"its header says {np.dtype(tensor.dtype)}{list(tensor.shape)}")
+            file.write(memoryview(array.reshape(-1).view(np.uint8)))
+
+
+def plan_shards(tensors: Sequence[TensorToWrite], max_shard_bytes: int,
+                prefix: str = "model") -> list[tuple[str, list[TensorToWrite]]]:
+    """Group `tensors` in order into files of at most max_shard_bytes (a larger tensor gets its own),
+    named as `save_pretrained` names them: `{prefix}.safetensors`, or `{prefix}-0000i-of-0000n.safetensors`."""
+    shards: list[list[TensorToWrite]] = [[]]
     shard_bytes = 0
     for tensor in tensors:
         nbytes = math.prod(tensor.shape) * np.dtype(tensor.dtype).itemsize
@@ -215,15 +258,29 @@ def write_safetensors(out_dir: pathlib.Path, tensors: Sequence[TensorToWrite],
             shard_bytes = 0
         shards[-1].append(tensor)
         shard_bytes += nbytes
-    names = ([SINGLE_FILE] if len(shards) == 1 else
-             [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))])
-    weight_map, total_bytes = {}, 0
-    for file_name, shard in zip(names, shards):
-        arrays = {tensor.name: tensor.make_array() for tensor in shard}
-        save_file(arrays, out_dir / file_name, metadata={"format": "pt"})
-        weight_map.update({name: file_name for name in arrays})
-        total_bytes += sum(array.nbytes for array in arrays.values())
+    names = ([f"{prefix}.safetensors"] if len(shards) == 1 else
+             [f"{prefix}-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))])
+    return list(zip(names, shards))
+
+
+def write_safetensors(out_dir: pathlib.Path, tensors: Sequence[TensorToWrite],
+                      max_shard_bytes: int) -> list[str]:
+    """Write `tensors` into safetensors files of at most max_shard_bytes (see plan_shards).
+
+    Several shards get `model.safetensors.index.json`, as `save_pretrained` writes it. Returns file names.
+    """
+    shards = plan_shards(tensors, max_shard_bytes)
+    for file_name, shard in shards:
+        write_safetensors_file(out_dir / file_name, shard, metadata={"format": "pt"})
     if len(shards) > 1:
-        index = {"metadata": {"total_size": total_bytes}, "weight_map": weight_map}
-        (out_dir / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
-    return names
+        write_index(out_dir, shards)
+    return [file_name for file_name, _ in shards]
+
+
+def write_index(out_dir: pathlib.Path, shards: Sequence[tuple[str, Sequence[TensorToWrite]]]) -> None:
+    """model.safetensors.index.json for `shards` (file name, tensors)."""
+    weight_map = {tensor.name: file_name for file_name, shard in shards for tensor in shard}
+    total_bytes = sum(math.prod(tensor.shape) * np.dtype(tensor.dtype).itemsize
+                      for _, shard in shards for tensor in shard)
+    index = {"metadata": {"total_size": total_bytes}, "weight_map": weight_map}
+    (out_dir / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
