@@ -4,7 +4,8 @@
 1000-piece tokenizer and builds the TFDS shards under `workdir/data` (skipped when already there),
 trains a ~1M-parameter LLaMA on the terse teacher (stage 1, the role of ChatGPT in the paper) and
 then on the step-by-step teacher (stage 2, GPT-4's role) from stage 1's weights, and reports loss and
-held-out exact-match accuracy before training and after each stage.
+held-out accuracy before training and after each stage (the `eval` block: the same evaluation
+`orca-jax evaluate --suite demo` runs, logged to metrics.jsonl and TensorBoard as `bench_accuracy`).
 
 Paths under `workdir` are references: `--config.workdir=/elsewhere` moves all of them.
 """
@@ -92,8 +93,18 @@ def get_config() -> ConfigDict:
         "eval_rows": 200,
         "tokenizer_pieces": 1000,
         "validation_fraction": 0.05,
-        "eval_questions": 100,  # held-out questions scored by greedy decoding (0: all eval_rows)
+    })
+    # Held-out accuracy before training and at each stage's end, by greedy decoding.
+    config.eval = ConfigDict({
+        "suite": "demo",
+        "tasks": (),
+        "examples_per_task": 12,  # 8 tasks: 96 of the 200 held-out questions
+        "every_steps": 0,
+        "benchmarks_dir": "",
+        "eval_path": workdir + "/data/eval.jsonl",
         "max_new_tokens": 80,  # stage 2's longest step-by-step responses (sort) are ~70 tokens with the Answer line
-        "eval_batch_size": 50,
+        "batch_size": 48,
+        "system_message": None,  # each question's own
+        "prompt_style": "chat",
     })
     return config

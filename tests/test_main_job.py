@@ -17,8 +17,9 @@ def test_demo_trains_both_stages_and_reports_accuracy(tmp_path):
     workdir = tmp_path / "demo"
     overrides = [
         f"--config.workdir={workdir}",
-        "--config.demo.stage1_rows=600", "--config.demo.stage2_rows=300", "--config.demo.eval_rows=8",
-        "--config.demo.max_new_tokens=32", "--config.demo.eval_batch_size=8",
+        "--config.demo.stage1_rows=600", "--config.demo.stage2_rows=300", "--config.demo.eval_rows=16",
+        "--config.eval.examples_per_task=1",
+        "--config.eval.max_new_tokens=32", "--config.eval.batch_size=8", "--config.eval.every_steps=10",
         "--config.data.batch_size=8", "--config.checkpoint.every_steps=10",
     ]
     for stage, steps in (("stage1", 24), ("stage2", 12)):
@@ -31,8 +32,9 @@ def test_demo_trains_both_stages_and_reports_accuracy(tmp_path):
     assert "== demo report ==" in result.stdout
 
     report = json.loads((workdir / "report.json").read_text())
-    assert set(report["exact_match"]) == {"untrained", "stage1", "stage2"}
-    assert all(0.0 <= accuracy <= 1.0 for accuracy in report["exact_match"].values())
+    assert set(report["accuracy"]) == {"untrained", "stage1", "stage2"}
+    assert all(0.0 <= accuracy <= 1.0 for accuracy in report["accuracy"].values())
+    assert report["accuracy_per_task"]["stage2"] and "held-out accuracy" in result.stdout
     for stage in ("stage1", "stage2"):
         losses = report["losses"][stage]
         assert losses["last_loss"] < losses["first_loss"], (stage, losses)
@@ -42,6 +44,11 @@ def test_demo_trains_both_stages_and_reports_accuracy(tmp_path):
     assert {"loss", "learning_rate", "grad_norm", "tokens_per_second", "packing_efficiency",
             "data_wait_fraction", "checkpoint_wait_fraction", "val_loss"} <= logged
     assert any((workdir / "tensorboard").iterdir())
+    # Benchmark accuracy is logged before training, every eval.every_steps steps and at each stage's end;
+    # stage 2 starts from stage 1's final weights, which were just evaluated.
+    evaluated = [(record["stage"], record["step"]) for record in records if "bench_accuracy" in record]
+    assert evaluated == [("stage1", 0), ("stage1", 10), ("stage1", 20), ("stage1", 24), ("stage2", 34),
+                         ("stage2", 36)]
 
 
 @pytest.mark.parametrize("override, message", [

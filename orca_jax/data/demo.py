@@ -9,7 +9,7 @@ OpenOrca's columns, ids carry a FLAN-v2 sub-collection prefix, and there are two
 - `eval.jsonl`: held-out questions (`id, system_prompt, question, answer`) whose problem instances
   (the operands, not only the wording) appear in neither training file.
 
-Every response ends with a line `Answer: <gold>`, which `eval.exact_match.extract_answer` reads.
+Every response ends with a line `Answer: <gold>`, which `eval.scoring.score` reads.
 
 The tasks have short verifiable answers and were chosen so that a 1-5M parameter model can learn them
 in a few hundred steps: the answer is a number or weekday named in the question, or one successor/

@@ -1,107 +1,261 @@
-"""`orca-jax evaluate`: zero-shot exact-match accuracy of saved parameters, per task.
+"""`orca-jax evaluate`: zero-shot accuracy of saved parameters on BBH, AGIEval or the demo's questions.
 
-    orca-jax evaluate --config configs/demo.py --params runs/demo/checkpoints/600 --benchmark demo
-    orca-jax evaluate --config configs/orca_13b.py --params /ckpt/orca --benchmark bbh \\
-        --benchmarks_dir /data/benchmarks --tasks navigate snarks --limit 50
+    orca-jax evaluate --suite orca --params /ckpt/orca --benchmarks_dir /data/benchmarks \\
+        --config configs/orca_13b.py --output orca.jsonl --report orca.report.json
+    orca-jax evaluate --suite orca --benchmarks_dir /data/benchmarks --list
+    orca-jax evaluate --rescore orca.jsonl --output rescored.jsonl
 
-`--params` is a params directory: what `orca-jax convert-weights` (params_io.save_params) writes, or a
-training checkpoint's step directory, which holds its `params` item the same way. The model shape,
-tokenizer, prompt template and mesh come from the config. Prints a per-task table, then one JSON line
-with the scores; `--output` also saves every example's response and extracted prediction.
+Suites: `orca` (Orca's protocol: BBH's 23 multiple-choice tasks and AGIEval's 8 English ones),
+`bbh23`, `agieval_en`, `bbh` (all 27 files), `agieval`, `demo`. Zero-shot, greedy, an empty system
+message unless `--system_message` names one (text, `empty`, or 1-16 for the paper's Table 2);
+`--prompt_style chat` (default) puts each benchmark's own prompt inside the model's chat template,
+`raw` gives it alone. docs/evaluation.md states every choice.
+
+`--params` is a params directory (`orca-jax convert-weights` output, with model_config.json) or a
+training checkpoint's step directory (its model config is read from the checkpoint's meta item);
+`--config.model.<field>=v` overrides a field of it. The tokenizer, template and mesh come from the
+config. Parameters are restored in the compute dtype unless `--params_dtype` says otherwise.
+
+Prints the per-task table, then one JSON line: the report (per task n, accuracy, 95% interval; means
+over tasks and over examples; full provenance). `--output` writes every scored example as JSONL,
+`--report` the report as JSON. Finished tasks are journaled (`--journal`, default `<output>.journal`):
+rerunning an interrupted evaluation continues where it stopped.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import datetime
 import json
 import pathlib
+import subprocess
 import sys
 
 import jax
 
 from orca_jax import parallel
 from orca_jax.config import parse_config_args
+from orca_jax.data.construct.jsonl import RecordFormatError, read_objects
+from orca_jax.data.templates import get_template
 from orca_jax.data.tokenizer import Tokenizer
 from orca_jax.eval import benchmarks
-from orca_jax.eval.exact_match import EvalExample, evaluate_examples, read_demo_eval
+from orca_jax.eval.prompts import LONG_PROMPT_POLICIES, PROMPT_STYLES, PromptBuilder, resolve_system_message
+from orca_jax.eval.report import build_report, format_report
+from orca_jax.eval.runner import Journal, evaluate_examples, score_row
 from orca_jax.model import params_io
 from orca_jax.model.config import ModelConfig
 
 DEFAULT_CONFIG = pathlib.Path(__file__).resolve().parents[2] / "configs" / "demo.py"
-# Room for a step-by-step explanation before the final answer line.
-BENCHMARK_MAX_NEW_TOKENS = 512
+# Room for an explanation before the answer, and never more than a quarter of the window.
+LONGEST_DEFAULT_NEW_TOKENS = 512
+RESPONSE_FIELDS = ("benchmark", "task", "index", "options", "gold", "response")
+
+
+def default_max_new_tokens(model_config: ModelConfig) -> int:
+    return min(LONGEST_DEFAULT_NEW_TOKENS, model_config.max_seq_len // 4)
 
 
 def parse_args(argv: list[str]):
-    """(config, flags): `--config`/`--config.x=y` go to the config loader, the rest to argparse."""
+    """(config, model overrides, flags): `--config`/`--config.x=y` go to the config loader."""
     config, rest = parse_config_args(argv, default=str(DEFAULT_CONFIG))
+    model_fields = [arg.split("=", 1)[0][len("--config.model."):] for arg in argv
+                    if arg.startswith("--config.model.")]
     parser = argparse.ArgumentParser(prog="orca-jax evaluate", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--params", required=True, help="params directory (save_params output or checkpoint step)")
-    parser.add_argument("--benchmark", choices=["demo", *sorted(benchmarks.READERS)], default="demo")
-    parser.add_argument("--tasks", nargs="+", help="benchmark tasks (file names without extension); default all")
-    parser.add_argument("--limit", type=int, help="first N examples per task (demo: of the whole file)")
-    parser.add_argument("--benchmarks_dir", help="directory holding bbh/ and agieval/ (needed for those)")
-    parser.add_argument("--eval_path", help="demo questions; default <config.demo.data_dir>/eval.jsonl")
-    parser.add_argument("--max_new_tokens", type=int,
-                        help=f"default: config.demo.max_new_tokens for demo, {BENCHMARK_MAX_NEW_TOKENS} otherwise")
+    parser.add_argument("--suite", choices=sorted(benchmarks.SUITES), default="demo")
+    parser.add_argument("--params", help="params directory or training checkpoint step directory")
+    parser.add_argument("--list", action="store_true", help="print the suite's tasks and example counts, then exit")
+    parser.add_argument("--rescore", help="re-score a saved responses JSONL without a model")
+    parser.add_argument("--tasks", nargs="+", help="only these tasks of the suite (file names without extension)")
+    parser.add_argument("--limit", type=int, help="first N examples of each task")
+    parser.add_argument("--benchmarks_dir", help="directory holding bbh/ and agieval/")
+    parser.add_argument("--eval_path", help="demo questions; default the config's eval.eval_path")
+    parser.add_argument("--system_message", help="text, 'empty', or 1-16 (the paper's Table 2); "
+                        "default empty (the demo: each question's own)")
+    parser.add_argument("--prompt_style", choices=PROMPT_STYLES, default="chat")
+    parser.add_argument("--max_new_tokens", type=int, help="default: min(512, max_seq_len / 4); the demo: "
+                        "the config's eval.max_new_tokens")
+    parser.add_argument("--long_prompts", choices=LONG_PROMPT_POLICIES, default="truncate",
+                        help="a prompt longer than the window: cut its passage from the left, or skip it")
     parser.add_argument("--batch_size", type=int, default=16, help="prompts decoded together")
-    parser.add_argument("--output", help="write the full result, with every response, to this JSON file")
-    return config, parser.parse_args(rest)
+    parser.add_argument("--params_dtype", default="compute",
+                        help="'compute' (the model's compute dtype), 'stored' (its param_dtype), or a dtype")
+    parser.add_argument("--output", help="write every scored example to this JSONL file")
+    parser.add_argument("--report", help="write the report (with provenance) to this JSON file")
+    parser.add_argument("--journal", help="finished-task journal; default <output>.journal when --output is set")
+    parser.add_argument("--no_progress", action="store_true", help="no progress bar")
+    flags = parser.parse_args(rest)
+    if not (flags.list or flags.rescore or flags.params):
+        parser.error("--params is required (or --list, or --rescore)")
+    return config, model_fields, flags
 
 
-def load_examples(config, flags) -> tuple[list[EvalExample], int]:
-    """The examples to score and the generation budget for them."""
-    if flags.benchmark == "demo":
-        if flags.tasks:
-            raise ValueError("--tasks applies to bbh and agieval; the demo is scored on all its tasks")
-        if flags.eval_path is None and "demo" not in config:
-            raise ValueError("--eval_path is required: the config has no demo block to find eval.jsonl in")
-        eval_path = flags.eval_path or pathlib.Path(config.demo.data_dir) / "eval.jsonl"
-        max_new_tokens = flags.max_new_tokens or (config.demo.max_new_tokens if "demo" in config
-                                                  else BENCHMARK_MAX_NEW_TOKENS)
-        return read_demo_eval(eval_path, flags.limit), max_new_tokens
-    if flags.benchmarks_dir is None:
-        raise ValueError(f"--benchmarks_dir is required for --benchmark {flags.benchmark}")
-    examples = benchmarks.read_benchmark(flags.benchmark, flags.benchmarks_dir, flags.tasks, flags.limit)
-    return examples, flags.max_new_tokens or BENCHMARK_MAX_NEW_TOKENS
+def code_revision() -> str:
+    """The git commit of the checkout this package runs from ('unknown' outside a checkout)."""
+    here = pathlib.Path(__file__).resolve().parent
+    try:
+        revision = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
+                                  timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return revision + ("+dirty" if dirty else "")
 
 
-def format_table(result: dict) -> str:
-    """Task | examples | accuracy, one row per task, then the total."""
-    rows = [(task, result["per_task_n"][task], accuracy) for task, accuracy in result["per_task"].items()]
-    rows.append(("all", result["n"], result["accuracy"]))
-    width = max(len(task) for task, _, _ in rows)
-    lines = [f"{'task':<{width}}  {'n':>5}  accuracy"]
-    lines += [f"{task:<{width}}  {count:>5}  {accuracy:8.1%}" for task, count, accuracy in rows]
+def load_examples(config, flags) -> list[benchmarks.Example]:
+    demo_path = flags.eval_path
+    if demo_path is None and "eval" in config and config.eval.eval_path:
+        demo_path = config.eval.eval_path
+    return benchmarks.load_suite(flags.suite, benchmarks_dir=flags.benchmarks_dir, demo_path=demo_path,
+                                 tasks=flags.tasks, limit=flags.limit)
+
+
+def list_suite(examples: list[benchmarks.Example], suite: str) -> str:
+    """Each benchmark's task and example counts, then one row per task."""
+    counts: dict[str, list] = {}
+    for example in examples:
+        counts.setdefault(example.task, [example.benchmark, 0])[1] += 1
+    per_benchmark: dict[str, list[int]] = {}
+    for benchmark, n in counts.values():
+        totals = per_benchmark.setdefault(benchmark, [0, 0])
+        totals[0], totals[1] = totals[0] + 1, totals[1] + n
+    lines = [f"suite {suite}: " + "; ".join(f"{name} {tasks} tasks, {n} examples"
+                                             for name, (tasks, n) in per_benchmark.items())]
+    width = max(len(task) for task in counts)
+    lines.append(f"{'task':<{width}}  benchmark      n")
+    lines += [f"{task:<{width}}  {benchmark:<9}  {n:>5}" for task, (benchmark, n) in counts.items()]
     return "\n".join(lines)
 
 
-def evaluate(config, flags) -> dict:
-    model_config = ModelConfig.from_config(config.model)
+def resolve_model_config(config, model_fields: list[str], params: str) -> ModelConfig:
+    """The params directory's own model config (if it has one) with `--config.model.*` overrides on top;
+    else the config's model block."""
+    stored = params_io.stored_model_config(params)
+    if stored is None:
+        return ModelConfig.from_config(config.model)
+    overrides = {field: config.model[field] for field in model_fields}
+    return ModelConfig.from_config({**dataclasses.asdict(stored), **overrides})
+
+
+def params_dtype(model_config: ModelConfig, choice: str) -> str:
+    if choice == "compute":
+        return model_config.compute_dtype
+    if choice == "stored":
+        return model_config.param_dtype
+    return choice
+
+
+def evaluate(config, model_fields: list[str], flags) -> tuple[dict, list[dict]]:
+    """(report, scored rows) of a model run."""
+    params_dir = pathlib.Path(flags.params) / params_io.PARAMS_SUBDIR
+    if not params_dir.is_dir():
+        raise params_io.ParamsIOError(f"{params_dir} does not exist: --params is not a params directory "
+                                      "or checkpoint step")
+    model_config = resolve_model_config(config, model_fields, flags.params)
     tokenizer = Tokenizer.load(config.data.tokenizer)
     if tokenizer.vocab_size > model_config.vocab_size:
-        raise ValueError(f"the tokenizer {config.data.tokenizer} has {tokenizer.vocab_size} ids but "
-                         f"model.vocab_size is {model_config.vocab_size}")
-    examples, max_new_tokens = load_examples(config, flags)
+        raise ValueError(f"the tokenizer {config.data.tokenizer} has {tokenizer.vocab_size} ids but the "
+                         f"model's vocab_size is {model_config.vocab_size}")
+    examples = load_examples(config, flags)
+    if flags.max_new_tokens is not None:
+        max_new_tokens = flags.max_new_tokens
+    elif flags.suite == "demo" and "eval" in config:
+        max_new_tokens = config.eval.max_new_tokens
+    else:
+        max_new_tokens = default_max_new_tokens(model_config)
+    if not 0 < max_new_tokens < model_config.max_seq_len:
+        raise ValueError(f"--max_new_tokens {max_new_tokens} must be in 1..{model_config.max_seq_len - 1} "
+                         f"(the model's window is max_seq_len={model_config.max_seq_len})")
+    system_message = resolve_system_message(flags.system_message)
+    if system_message is None and flags.suite != "demo":
+        system_message = ""  # Orca's protocol: an empty system message
+    template = get_template(config.data.template)
+    builder = PromptBuilder(tokenizer, template, style=flags.prompt_style, system_message=system_message,
+                            max_tokens=model_config.max_seq_len - max_new_tokens, long_prompts=flags.long_prompts)
+    dtype = params_dtype(model_config, flags.params_dtype)
+    provenance = {
+        "suite": flags.suite, "tasks": list(dict.fromkeys(example.task for example in examples)),
+        "limit_per_task": flags.limit, "prompt_style": flags.prompt_style,
+        "system_message": builder.system_message, "template": template.name if flags.prompt_style == "chat" else None,
+        "decode": {"method": "greedy", "batch_size": flags.batch_size}, "max_new_tokens": max_new_tokens,
+        "long_prompts": flags.long_prompts, "model_config": dataclasses.asdict(model_config),
+        "params": str(flags.params), "params_dtype": dtype, "tokenizer": str(config.data.tokenizer),
+    }
+    journal_path = flags.journal or (f"{flags.output}.journal" if flags.output else None)
+    journal = Journal(journal_path, provenance) if journal_path else None
     mesh = parallel.mesh_from_config(config.mesh)
-    params = params_io.restore_params(flags.params, params_io.abstract_params(model_config, mesh))
-    result = evaluate_examples(params, model_config, tokenizer, config.data.template, examples,
-                               max_new_tokens=max_new_tokens, batch_size=flags.batch_size, mesh=mesh)
-    return {"benchmark": flags.benchmark, "params": str(flags.params), **result}
+    params = params_io.restore_params(flags.params, params_io.abstract_params(model_config, mesh, dtype=dtype))
+    rows = evaluate_examples(params, model_config, tokenizer, builder, examples, max_new_tokens=max_new_tokens,
+                             batch_size=flags.batch_size, mesh=mesh, journal=journal,
+                             progress=not flags.no_progress)
+    provenance.update(code_revision=code_revision(), jax_version=jax.__version__,
+                      devices=f"{jax.device_count()} x {jax.devices()[0].device_kind}",
+                      finished_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+    return build_report(rows, provenance), rows
+
+
+def read_responses(path: str | pathlib.Path) -> list[dict]:
+    """A responses JSONL: each row needs RESPONSE_FIELDS ('options' a list of strings); others are kept."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"responses file {path} does not exist")
+    rows = []
+    for line_number, row in read_objects(path):
+        for field in RESPONSE_FIELDS:
+            if field not in row:
+                raise RecordFormatError(f"{path}: line {line_number}: field {field!r} is missing")
+        for field in ("benchmark", "task", "gold", "response"):
+            if not isinstance(row[field], str):
+                raise RecordFormatError(f"{path}: line {line_number}: field {field!r} is not a string")
+        if not isinstance(row["options"], list) or not all(isinstance(o, str) for o in row["options"]):
+            raise RecordFormatError(f"{path}: line {line_number}: field 'options' is not a list of strings")
+        rows.append(row)
+    if not rows:
+        raise ValueError(f"{path}: no responses")
+    return rows
+
+
+def rescore(flags) -> tuple[dict, list[dict]]:
+    rows = [score_row(row) for row in read_responses(flags.rescore)]
+    for row in rows:
+        if row.get("skipped"):
+            row["correct"] = False  # a skipped prompt has no response to judge
+    provenance = {"rescored": str(flags.rescore), "code_revision": code_revision()}
+    return build_report(rows, provenance), rows
+
+
+def write_jsonl(path: str | pathlib.Path, rows: list[dict]) -> None:
+    """Write to a temporary name, then rename: a kill never leaves a half-written results file."""
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    with open(partial, "w", encoding="utf-8") as out:
+        for row in rows:
+            out.write(json.dumps(row, ensure_ascii=False) + "\n")
+    partial.replace(path)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        config, flags = parse_args(argv)
-        result = evaluate(config, flags)
+        config, model_fields, flags = parse_args(argv)
+        if flags.list:
+            print(list_suite(load_examples(config, flags), flags.suite))
+            return 0
+        report, rows = rescore(flags) if flags.rescore else evaluate(config, model_fields, flags)
     except (ValueError, FileNotFoundError) as error:
-        # Every input problem (config, params, tokenizer, benchmark rows) raises one of these, named.
+        # Every input problem (config, params, tokenizer, benchmark rows, journal) raises one of these, named.
         print(f"orca-jax evaluate: {error}", file=sys.stderr)
         return 1
     if jax.process_index() == 0:
-        print(format_table(result))
-        print(json.dumps({key: value for key, value in result.items() if key != "examples"}))
+        print(format_report(report))
+        print(json.dumps(report))
         if flags.output:
-            pathlib.Path(flags.output).write_text(json.dumps(result, indent=2) + "\n")
+            write_jsonl(flags.output, rows)
+        if flags.report:
+            pathlib.Path(flags.report).write_text(json.dumps(report, indent=2) + "\n")
+        journal = flags.journal or (f"{flags.output}.journal" if flags.output else None)
+        if journal and not flags.rescore and flags.output:
+            pathlib.Path(journal).unlink(missing_ok=True)  # the output now holds every row
     return 0

@@ -33,8 +33,7 @@ Where the answer is read, first rule that finds one wins:
 4. the one option or label the whole response names, when it names exactly one (not for numbers or
    text; not when truncated).
 Text answers use rules 1 and 3 only, reading the last line whole: an explicit statement, else the
-last line, as the old `exact_match.extract_answer` did, so demo responses ending `Answer: <gold>`
-score as before.
+last line, so demo responses ending `Answer: <gold>` are read from that line.
 
 Several answers in the part read: a mention preceded by "not", "rather than", "instead of", "over",
 or followed by "is wrong"/"is not"/"can be eliminated" is set aside, so "(B) is sarcastic, not (A)",

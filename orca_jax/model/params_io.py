@@ -112,6 +112,23 @@ def load_model_config(path: str | pathlib.Path) -> ModelConfig:
         raise ParamsIOError(f"{config_file}: {err}") from None
 
 
+def stored_model_config(path: str | pathlib.Path) -> ModelConfig | None:
+    """The ModelConfig a params directory records: its model_config.json, or, for a training
+    checkpoint's step directory, the `model` block of the config in its `meta` item (orbax writes a
+    JSON item as `meta/metadata`). None when it records neither."""
+    path = pathlib.Path(path)
+    if (path / CONFIG_FILE).is_file():
+        return load_model_config(path)
+    meta_file = path / "meta" / "metadata"
+    if not meta_file.is_file():
+        return None
+    try:
+        model_block = json.loads(json.loads(meta_file.read_text())["config"])["model"]
+        return ModelConfig.from_config(model_block)
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+        raise ParamsIOError(f"{meta_file}: no usable model config in the checkpoint's meta ({err})") from None
+
+
 def abstract_params(model_config: ModelConfig, mesh: Mesh, dtype: str | None = None) -> Any:
     """ShapeDtypeStructs of the model's parameters, sharded on `mesh` by the logical-axis rules.
 

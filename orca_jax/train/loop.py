@@ -31,6 +31,8 @@ The config fields this module reads (configs/demo.py and configs/orca_13b.py set
     checkpoint.keep: int         latest checkpoints kept, besides every stage's final one
     log_every_steps: int         metrics period
     eval_every_steps: int        validation-loss period, 0 for only the start and end of each stage
+    eval (optional)              benchmark accuracy during training: EvalConfig fields
+                                 (orca_jax/eval/during_training.py)
     debug.nan_at_step: int       global step whose batch is poisoned with NaN (tests the guard), -1 off
 """
 
@@ -51,6 +53,7 @@ from jax.sharding import Mesh
 from orca_jax.config import ConfigError
 from orca_jax.data import pipeline, shards
 from orca_jax.data.tokenizer import Tokenizer
+from orca_jax.eval.during_training import EvalConfig, TrainingEvaluator
 from orca_jax.model import ModelConfig, params_io
 from orca_jax.train import step as train_step
 from orca_jax.train.checkpoint import Checkpointer, Position
@@ -271,6 +274,9 @@ def train(config, mesh: Mesh, tokenizer: Tokenizer) -> list[StagePlan]:
     position = checkpointer.position(latest) if latest is not None else None
     if position is not None:
         _check_resumable(position, latest, plans, checkpointer)
+    eval_config = EvalConfig.from_config(config.get("eval"))
+    evaluator = (TrainingEvaluator(eval_config, ModelConfig.from_config(config.model), tokenizer,
+                                   config.data.template, mesh) if eval_config.enabled else None)
     writer = MetricsWriter(workdir, total_steps=plans[-1].last_step, initial_step=latest or 0)
     try:
         with PreemptionWatch() as preemption:
@@ -281,7 +287,7 @@ def train(config, mesh: Mesh, tokenizer: Tokenizer) -> list[StagePlan]:
                 resume = position if position is not None and position.stage_index == plan.index else None
                 previous = plans[plan.index - 1] if plan.index else None
                 _run_stage(config, Stage(config, plan, tokenizer, mesh), checkpointer, writer,
-                           preemption, resume, previous)
+                           preemption, resume, previous, evaluator)
     finally:
         checkpointer.wait()
         checkpointer.close()
@@ -301,13 +307,17 @@ def _check_resumable(position: Position, step: int, plans: list[StagePlan], chec
 
 
 def _run_stage(config, stage: Stage, checkpointer: Checkpointer, writer: MetricsWriter,
-               preemption: PreemptionWatch, resume: Position | None, previous: StagePlan | None) -> None:
+               preemption: PreemptionWatch, resume: Position | None, previous: StagePlan | None,
+               evaluator: TrainingEvaluator | None) -> None:
     plan = stage.plan
     if resume is None:
         state = train_step.init_state(stage.initial_params(checkpointer, previous), stage.optimizer,
                                       stage.state_abstract)
         start = 0
         _write_validation(writer, stage, state.params, plan.first_step)
+        if evaluator is not None and plan.init != INIT_PREVIOUS:
+            # A stage from the previous one's weights starts where that stage's final evaluation was.
+            writer.write(plan.first_step, plan.name, evaluator(state.params))
     else:
         state, data_state = checkpointer.restore(plan.first_step + resume.stage_step, stage.state_abstract)
         stage.batches.set_state(data_state)
@@ -355,10 +365,13 @@ def _run_stage(config, stage: Stage, checkpointer: Checkpointer, writer: Metrics
                 "packing_efficiency": np.mean(logged_efficiency), "epoch": stage.batches.epoch,
                 **throughput.report()})
             logged_losses, logged_norms, logged_efficiency = [], [], []
+        evaluating = time.perf_counter()
         if stage_done or (config.eval_every_steps and stage_step % config.eval_every_steps == 0):
-            evaluating = time.perf_counter()
             _write_validation(writer, stage, state.params, global_step)
-            throughput.exclude(time.perf_counter() - evaluating)
+        if evaluator is not None and (stage_done or (
+                evaluator.config.every_steps and stage_step % evaluator.config.every_steps == 0)):
+            writer.write(global_step, plan.name, evaluator(state.params))
+        throughput.exclude(time.perf_counter() - evaluating)
         if stage_done or preempted or stage_step % config.checkpoint.every_steps == 0:
             waited = time.perf_counter()
             checkpointer.save(global_step, state, stage.batches.get_state(),

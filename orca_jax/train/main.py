@@ -23,11 +23,9 @@ from orca_jax.data import prepare
 from orca_jax.data.demo import write_demo_data
 from orca_jax.data.records import DataError
 from orca_jax.data.tokenizer import Tokenizer, TokenizerError, train_tokenizer
-from orca_jax.eval.exact_match import evaluate_demo
-from orca_jax.model import ModelConfig, ModelConfigError, params_io
+from orca_jax.eval.during_training import ACCURACY
+from orca_jax.model import ModelConfigError, params_io
 from orca_jax.train import loop
-from orca_jax.train import step as train_step
-from orca_jax.train.checkpoint import Checkpointer
 from orca_jax.train.optimizer import OptimizerConfigError
 
 DEFAULT_CONFIG = pathlib.Path(__file__).resolve().parents[2] / "configs" / "demo.py"
@@ -96,27 +94,20 @@ def _stage_losses(metrics_path: pathlib.Path) -> dict[str, dict[str, float]]:
     return summary
 
 
-def demo_report(config, mesh, tokenizer: Tokenizer, plans: list[loop.StagePlan]) -> dict:
-    """Held-out exact match before training and after each stage, from the kept stage checkpoints."""
-    model_config = ModelConfig.from_config(config.model)
-    params_abstract = params_io.abstract_params(model_config, mesh)
-    eval_path = pathlib.Path(config.demo.data_dir) / "eval.jsonl"
-
-    def accuracy(params) -> float:
-        return evaluate_demo(params, model_config, tokenizer, config.data.template, eval_path,
-                             max_new_tokens=config.demo.max_new_tokens, batch_size=config.demo.eval_batch_size,
-                             mesh=mesh, limit=config.demo.eval_questions)["accuracy"]
-
-    # The first stage's own starting point when it starts from random weights.
-    untrained = train_step.init_params(model_config, loop.stage_init_rng(config.seed, 0), params_abstract)
-    report = {"exact_match": {"untrained": accuracy(untrained)}}
-    checkpointer = Checkpointer(pathlib.Path(config.workdir) / "checkpoints", keep=config.checkpoint.keep,
-                                keep_steps=[plan.last_step for plan in plans])
-    try:
-        for plan in plans:
-            report["exact_match"][plan.name] = accuracy(checkpointer.restore_params(plan.last_step, params_abstract))
-    finally:
-        checkpointer.close()
+def demo_report(config, plans: list[loop.StagePlan]) -> dict:
+    """Losses of each stage and the held-out accuracy the loop logged (the `eval` block) before
+    training and at each stage's end, read back from metrics.jsonl (the later record of a step wins)."""
+    records = _read_jsonl(pathlib.Path(config.workdir) / "metrics.jsonl")
+    evaluations = {(record["stage"], record["step"]): record for record in records if ACCURACY in record}
+    points = [("untrained", plans[0].name, plans[0].first_step)]
+    points += [(plan.name, plan.name, plan.last_step) for plan in plans]
+    report = {"accuracy": {}, "accuracy_per_task": {}}
+    for label, stage, step in points:
+        if (stage, step) in evaluations:
+            record = evaluations[stage, step]
+            report["accuracy"][label] = record[ACCURACY]
+            report["accuracy_per_task"][label] = {name[len(ACCURACY) + 1:]: value for name, value in record.items()
+                                                  if name.startswith(ACCURACY + "/")}
     report["losses"] = _stage_losses(pathlib.Path(config.workdir) / "metrics.jsonl")
     return report
 
@@ -126,8 +117,9 @@ def _print_report(report: dict) -> None:
     for stage, losses in report["losses"].items():
         parts = [f"{name} {value:.4f}" for name, value in losses.items()]
         print(f"{stage}: " + ", ".join(parts))
-    print("held-out exact match: " + ", ".join(
-        f"{name} {value:.1%}" for name, value in report["exact_match"].items()))
+    if report["accuracy"]:
+        print("held-out accuracy (mean over tasks): " + ", ".join(
+            f"{name} {value:.1%}" for name, value in report["accuracy"].items()))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -146,8 +138,8 @@ def main(argv: list[str] | None = None) -> int:
                               f"model.vocab_size is {config.model.vocab_size}")
         plans = loop.train(config, mesh, tokenizer)
         if "demo" in config:
-            report = demo_report(config, mesh, tokenizer, plans)  # every process: evaluation is sharded
             if jax.process_index() == 0:
+                report = demo_report(config, plans)
                 (pathlib.Path(config.workdir) / "report.json").write_text(json.dumps(report, indent=2) + "\n")
                 _print_report(report)
     except loop.TrainingStopped as stopped:
