@@ -242,3 +242,15 @@ def test_rescore_names_the_bad_row(tmp_path, capsys):
     (tmp_path / "r.jsonl").write_text(json.dumps(good) + "\n" + json.dumps({**good, "options": "Yes"}) + "\n")
     code, _, err = run(capsys, "--rescore", str(tmp_path / "r.jsonl"))
     assert code == 1 and "r.jsonl: line 2: field 'options' is not a list of strings" in err
+
+
+def test_rescore_reports_agreement_with_hand_labels(repo_root, tmp_path, capsys):
+    code, out, err = run(capsys, "--rescore", str(repo_root / "tests" / "data" / "scoring_labelled.jsonl"),
+                         "--output", str(tmp_path / "scored.jsonl"))
+    assert code == 0, err
+    report = json.loads(out.strip().rsplit("\n", 1)[1])
+    rows = [json.loads(line) for line in (tmp_path / "scored.jsonl").read_text().splitlines()]
+    agree = sum(row["correct"] == row["label"] for row in rows) / len(rows)
+    assert report["agreement"]["agree"] == pytest.approx(agree) and agree >= 0.95
+    assert report["agreement"]["false_positives"] == sum(r["correct"] and not r["label"] for r in rows)
+    assert f"agreement with the labels: {agree:.1%} of {len(rows)} rows" in out

@@ -18,7 +18,8 @@ config. Parameters are restored in the compute dtype unless `--params_dtype` say
 
 Prints the per-task table, then one JSON line: the report (per task n, accuracy, 95% interval; means
 over tasks and over examples; full provenance). `--output` writes every scored example as JSONL,
-`--report` the report as JSON. Finished tasks are journaled (`--journal`, default `<output>.journal`):
+`--report` the report as JSON. `--rescore` of rows that carry a person's verdict in `label` also
+prints the scorer's agreement with it. Finished tasks are journaled (`--journal`, default `<output>.journal`):
 rerunning an interrupted evaluation continues where it stopped.
 """
 
@@ -222,7 +223,17 @@ def rescore(flags) -> tuple[dict, list[dict]]:
         if row.get("skipped"):
             row["correct"] = False  # a skipped prompt has no response to judge
     provenance = {"rescored": str(flags.rescore), "code_revision": code_revision()}
-    return build_report(rows, provenance), rows
+    report = build_report(rows, provenance)
+    labelled = [row for row in rows if isinstance(row.get("label"), bool)]
+    if labelled:
+        # Hand-labelled responses (a person's verdict in `label`): how often the scorer agrees.
+        report["agreement"] = {
+            "rows": len(labelled),
+            "agree": sum(row["correct"] == row["label"] for row in labelled) / len(labelled),
+            "false_positives": sum(row["correct"] and not row["label"] for row in labelled),
+            "false_negatives": sum(row["label"] and not row["correct"] for row in labelled),
+        }
+    return report, rows
 
 
 def write_jsonl(path: str | pathlib.Path, rows: list[dict]) -> None:
@@ -250,6 +261,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if jax.process_index() == 0:
         print(format_report(report))
+        if "agreement" in report:
+            agreement = report["agreement"]
+            print(f"agreement with the labels: {agreement['agree']:.1%} of {agreement['rows']} rows "
+                  f"({agreement['false_positives']} false positives, {agreement['false_negatives']} false negatives)")
         print(json.dumps(report))
         if flags.output:
             write_jsonl(flags.output, rows)
