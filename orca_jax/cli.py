@@ -15,6 +15,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "prepare-data": ("orca_jax.data.prepare", "turn OpenOrca-style parquet/JSONL into TFDS shards"),
     "make-demo-data": ("orca_jax.data.demo", "write the synthetic two-teacher demo dataset"),
     "convert-weights": ("orca_jax.model.convert", "import/export LLaMA weights (HF safetensors, Meta .pth)"),
+    "weight-diff": ("orca_jax.model.weight_diff", "make/apply a bit-exact diff of a fine-tune from its base (HF)"),
     "construct": ("orca_jax.data.construct.cli", "sample FLAN-v2 queries and ask a teacher model"),
     "evaluate": ("orca_jax.eval.main", "exact-match evaluation of a checkpoint"),
 }
