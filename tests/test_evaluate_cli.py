@@ -218,8 +218,13 @@ def test_the_orca_suite_on_a_converted_model_reads_every_example(setup, tmp_path
     report = json.loads(out.strip().rsplit("\n", 1)[1])
     assert (report["benchmarks"]["bbh"]["tasks"], report["benchmarks"]["bbh"]["n"]) == (23, 5511)
     assert (report["benchmarks"]["agieval"]["tasks"], report["benchmarks"]["agieval"]["n"]) == (8, 2546)
-    assert report["overall"]["skipped"] == 0 and report["overall"]["truncated"] > 0  # a 256-token window
-    assert len((tmp_path / "orca.jsonl").read_text().splitlines()) == 8057
+    rows = [json.loads(line) for line in (tmp_path / "orca.jsonl").read_text().splitlines()]
+    assert len(rows) == 8057
+    # A 256-token window and a tokenizer that never saw benchmark text: many prompts are cut, some cannot
+    # fit even without their passage; every one is counted, none stops the run.
+    assert report["overall"]["truncated"] == sum(row["truncated"] for row in rows) > 0
+    assert report["overall"]["skipped"] == sum(row["skipped"] for row in rows)
+    assert not any(row["correct"] for row in rows if row["skipped"])
 
 
 @pytest.mark.parametrize("args, message", [
