@@ -67,14 +67,23 @@ def _bits(array: np.ndarray) -> np.ndarray:
     return array.view(np.dtype(f"uint{8 * array.dtype.itemsize}"))
 
 
-def _aligned_base_bits(base: np.ndarray, dtype: np.dtype, shape: tuple[int, ...], where: str) -> np.ndarray:
-    """The base's bit pattern in the target's dtype and shape: cast, then rows cut or zero-filled."""
-    if base.shape[1:] != shape[1:]:
-        raise WeightDiffError(f"{where}: base shape {list(base.shape)} and target shape {list(shape)} differ "
-                              "beyond the first (vocabulary) axis")
-    bits = _bits(base.astype(dtype, copy=False))[:shape[0]]
-    if bits.shape[0] < shape[0]:
-        bits = np.concatenate([bits, np.zeros((shape[0] - bits.shape[0],) + shape[1:], bits.dtype)])
+def _xor_base_into(bits: np.ndarray, base: np.ndarray, dtype: np.dtype, where: str) -> np.ndarray:
+    """`bits` (a target's or a diff's bit pattern) XOR the base's bits, in place where `bits` allows.
+
+    The base is cast to the target's `dtype` first; only the rows both have are XORed, which is the
+    same as cutting the base's extra rows or padding it with zero bits, without building that copy.
+    """
+    if base.shape[1:] != bits.shape[1:]:
+        raise WeightDiffError(f"{where}: base shape {list(base.shape)} and target shape {list(bits.shape)} "
+                              "differ beyond the first (vocabulary) axis")
+    if not bits.flags.writeable:
+        bits = bits.copy()
+    rows = min(len(bits), len(base)) if bits.ndim else None
+    base_bits = _bits(base.astype(dtype, copy=False))
+    if rows is None:
+        bits ^= base_bits
+    else:
+        bits[:rows] ^= base_bits[:rows]
     return bits
 
 
@@ -170,13 +179,12 @@ def make_diff(base_dir: pathlib.Path, target_dir: pathlib.Path, out: pathlib.Pat
                 entry = entries[name]
                 entry["target_sha256"] = sha256(target_array)
                 if name not in base.files:
-                    return _bits(target_array).copy()
+                    return _bits(target_array)
                 base_array = base.read(name)
                 entry.update(base_dtype=base_array.dtype.name, base_shape=list(base_array.shape),
                              base_sha256=sha256(base_array))
-                aligned = _aligned_base_bits(base_array, dtype, shape, base.where(name))
-                del base_array
-                return np.bitwise_xor(_bits(target_array), aligned)
+                # the target's own buffer becomes the diff: it was hashed above and is not used again
+                return _xor_base_into(_bits(target_array), base_array, dtype, base.where(name))
 
             entries[name] = {"dtype": dtype.name, "shape": list(shape), "base_dtype": None, "base_shape": None,
                              "base_sha256": None}
@@ -237,8 +245,7 @@ def apply_diff(base_dir: pathlib.Path, diff_dir: pathlib.Path, out: pathlib.Path
                     raise WeightDiffError(f"{base.where(name)} differs from the base this diff was made from "
                                           f"(sha256 {sha256(base_array)[:16]}..., expected "
                                           f"{entry['base_sha256'][:16]}...)")
-                aligned = _aligned_base_bits(base_array, dtype, shape, base.where(name))
-                bits = np.bitwise_xor(bits, aligned, out=bits if bits.flags.writeable else None)
+                bits = _xor_base_into(bits, base_array, dtype, base.where(name))
             target = bits.view(dtype)
             if sha256(target) != entry["target_sha256"]:
                 raise WeightDiffError(f"{diff.where(name)}: the recovered tensor's sha256 differs from the "
