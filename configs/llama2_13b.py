@@ -1,4 +1,8 @@
-"""LLaMA-2 13B: the LLaMA-1 13B shape with a 4096-token context and RMSNorm epsilon 1e-5."""
+"""LLaMA-2 13B: the LLaMA-1 13B shape with a 4096-token context and RMSNorm epsilon 1e-5.
+
+Import it as configs/llama_13b.py says (`--vocab_size 32001` adds the pad token; the HF directory's
+tokenizer.model is copied next to the params).
+"""
 
 import dataclasses
 

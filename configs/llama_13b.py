@@ -1,4 +1,10 @@
-"""LLaMA-1 13B, the model Orca fine-tunes, with the added pad token (vocabulary 32001)."""
+"""LLaMA-1 13B, the model Orca fine-tunes, with the added pad token (vocabulary 32001).
+
+    orca-jax convert-weights import --hf_dir <LLaMA-13B in HF format> --vocab_size 32001 \
+        --out weights/llama-13b
+writes the params and copies the HF directory's tokenizer.model beside them (Meta's download keeps
+tokenizer.model one level above the 13B folder: copy it into weights/llama-13b yourself).
+"""
 
 import dataclasses
 

@@ -7,10 +7,15 @@ response tokens only, 4 epochs on the ChatGPT data, then continued training on t
 It gives neither learning rate nor batch size; the choices below are ours, with the reasons.
 
 Inputs, made beforehand:
-    orca-jax convert-weights import ... --out weights/llama-13b       (params + tokenizer.model)
+    orca-jax convert-weights import --hf_dir <LLaMA-13B in HF format> --vocab_size 32001 \
+        --out weights/llama-13b       (params + the HF directory's tokenizer.model, copied)
     orca-jax prepare-data --input <FLAN-5M ChatGPT files> --output data/flan5m_chatgpt ...
     orca-jax prepare-data --input <FLAN-1M GPT-4 files> --output data/flan1m_gpt4 ...
 Then, on every host of the pod: orca-jax train --config configs/orca_13b.py
+Publishing the last stage's final step (tokenizer and 'orca' chat template from this config):
+    orca-jax convert-weights export --params runs/orca_13b/checkpoints/<step> --config configs/orca_13b.py \
+        --dtype bfloat16 --max_shard_mb 5000 --out export/orca-13b
+    orca-jax weight-diff make --base <LLaMA-13B in HF format> --target export/orca-13b --out export/orca-13b-diff
 """
 
 import pathlib

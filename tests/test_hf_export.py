@@ -8,6 +8,7 @@ must produce orca-jax's greedy tokens.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pathlib
 
@@ -165,3 +166,17 @@ def test_tokenizer_larger_than_the_model_is_refused(params_dir, tmp_path):
     with pytest.raises(ConversionError, match=f"{big}: the tokenizer has {PIECES + 50} pieces"):
         convert.export_hf(params_dir, tmp_path / "hf", tokenizer=big)
     assert not list((tmp_path / "hf").glob("*.safetensors"))
+
+
+def test_export_reads_a_training_checkpoint_step(params_dir, tmp_path):
+    """A step directory of training (params item + meta item holding the config) exports like a params
+    directory; the meta item is built here as train/checkpoint.py writes it (orbax JSON at meta/metadata)."""
+    step = tmp_path / "checkpoints" / "120"
+    params_io.save_params(step, params_io.restore_params(params_dir))
+    model = dataclasses.asdict(params_io.load_model_config(params_dir))
+    (step / "meta").mkdir()
+    (step / "meta" / "metadata").write_text(json.dumps({"step": 120, "config": json.dumps({"model": model})}))
+    assert convert.main(["export", "--params", str(step), "--out", str(tmp_path / "from_step")]) == 0
+    assert convert.main(["export", "--params", str(params_dir), "--out", str(tmp_path / "from_params")]) == 0
+    for name in ("model.safetensors", "config.json"):
+        assert (tmp_path / "from_step" / name).read_bytes() == (tmp_path / "from_params" / name).read_bytes()

@@ -117,7 +117,8 @@ def export_hf(params_dir: str | pathlib.Path, out_dir: str | pathlib.Path, vocab
               dtype: str | None = None,
               max_shard_bytes: int = int(DEFAULT_MAX_SHARD_MB * 2**20),
               tokenizer: str | pathlib.Path | None = None, template: str = "orca") -> list[str]:
-    """Write the params under `params_dir` as an HF LLaMA checkpoint that LlamaForCausalLM loads.
+    """Write the params under `params_dir` (a params directory, or a training checkpoint's step
+    directory) as an HF LLaMA checkpoint that LlamaForCausalLM loads.
 
     vocab_size: keep only the first vocab_size tokens (e.g. 32000 to drop the added pad token).
     dtype: storage dtype of the safetensors; None keeps the saved dtype.
@@ -128,7 +129,10 @@ def export_hf(params_dir: str | pathlib.Path, out_dir: str | pathlib.Path, vocab
     if out_dir.exists() and any(out_dir.iterdir()):
         raise ConversionError(f"{out_dir} is not empty; export writes into a new or empty directory so that "
                               "no stale shard is left beside the new ones")
-    config = params_io.load_model_config(params_dir)
+    config = params_io.stored_model_config(params_dir)  # a params directory or a training step directory
+    if config is None:
+        raise ConversionError(f"{params_dir}: neither {params_io.CONFIG_FILE} nor a training checkpoint's "
+                              "meta item records the model config")
     vocab_size = vocab_size or config.vocab_size
     if vocab_size > config.vocab_size:
         raise ConversionError(f"vocab_size {vocab_size} is larger than the model's {config.vocab_size}")
@@ -172,7 +176,8 @@ def _parser() -> argparse.ArgumentParser:
                           help="model context (default: HF max_position_embeddings; Meta: 2048)")
 
     exporter = commands.add_parser("export", help="params directory -> HF safetensors + config.json")
-    exporter.add_argument("--params", type=pathlib.Path, required=True, help="params directory")
+    exporter.add_argument("--params", type=pathlib.Path, required=True,
+                          help="params directory, or a training checkpoint step (WORKDIR/checkpoints/STEP)")
     exporter.add_argument("--out", type=pathlib.Path, required=True, help="HF directory to write")
     exporter.add_argument("--vocab_size", type=int, default=None,
                           help="keep only the first N tokens (32000 drops the added pad)")

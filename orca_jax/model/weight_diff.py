@@ -24,8 +24,10 @@ as stored in safetensors (row-major, little-endian). `apply` checks the base's h
 tensor (a different base fails with a one-line error naming the tensor) and the recovered tensor's
 after, writes into a temporary directory beside the output and renames it only when all is done.
 
-A target may also be an orca-jax params directory: it is exported first (convert-weights export,
-with --tokenizer/--template/--config), into the staging directory, and removed afterwards.
+A target may also be an orca-jax params directory or training checkpoint step: it is exported first
+(convert-weights export, with --tokenizer/--template/--dtype) into the staging directory, and that
+copy is removed afterwards. Export it in the base's dtype (--dtype bfloat16 for a float32 run):
+otherwise the base is cast up and the diff is twice the size.
 """
 
 from __future__ import annotations
@@ -163,7 +165,7 @@ def make_diff(base_dir: pathlib.Path, target_dir: pathlib.Path, out: pathlib.Pat
     """
     base_dir, target_dir = pathlib.Path(base_dir), pathlib.Path(target_dir)
     with _staged_output(out) as staging:
-        if (target_dir / params_io.CONFIG_FILE).is_file() and (target_dir / params_io.PARAMS_SUBDIR).is_dir():
+        if (target_dir / params_io.PARAMS_SUBDIR).is_dir() and params_io.stored_model_config(target_dir):
             from orca_jax.model import convert  # only this path needs the model code
             exported = staging / "_exported_target"
             convert.export_hf(target_dir, exported, **(export_args or {}))
@@ -273,7 +275,8 @@ def _parser() -> argparse.ArgumentParser:
     maker = commands.add_parser("make", help="BASE + TARGET -> DIFF (XOR of the stored bits, with sha256s)")
     maker.add_argument("--base", type=pathlib.Path, required=True, help="base HF safetensors directory")
     maker.add_argument("--target", type=pathlib.Path, required=True,
-                       help="fine-tuned HF directory, or an orca-jax params directory (exported first)")
+                       help="fine-tuned HF directory, or an orca-jax params directory / training "
+                            "checkpoint step (exported first)")
     maker.add_argument("--out", type=pathlib.Path, required=True, help="diff directory to create")
     maker.add_argument("--max_shard_mb", type=float, default=DEFAULT_MAX_SHARD_MB,
                        help="largest diff safetensors file before splitting")
