@@ -195,8 +195,9 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _tokenizer_and_template(args: argparse.Namespace) -> tuple[pathlib.Path | None, str]:
-    """--tokenizer / --template, falling back to the training config's data block."""
+def tokenizer_and_template(args: argparse.Namespace) -> tuple[pathlib.Path | None, str]:
+    """--tokenizer / --template, falling back to the training config's data block (--config); also
+    used by `weight-diff make` for a params-directory target."""
     tokenizer, template = args.tokenizer, args.template
     if args.config:
         try:
@@ -221,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
             config = import_checkpoint(source, args.out, args.vocab_size, args.dtype)
             print(f"wrote {args.out}: {config}")
         else:
-            tokenizer, template = _tokenizer_and_template(args)
+            tokenizer, template = tokenizer_and_template(args)
             files = export_hf(args.params, args.out, args.vocab_size, args.dtype,
                               int(args.max_shard_mb * 2**20), tokenizer, template)
             extra = f" (tokenizer, chat template {template!r})" if tokenizer else " (no tokenizer: pass --tokenizer)"

@@ -46,7 +46,9 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
-from orca_jax.model import params_io
+from orca_jax.data.templates import TEMPLATES
+from orca_jax.model import convert, params_io
+from orca_jax.model.config import FLOAT_DTYPES
 from orca_jax.model.hf_checkpoint import (INDEX_FILE, SAFETENSORS_DTYPES, TensorToWrite, open_safetensors,
                                           plan_shards, weight_map, write_index, write_safetensors_file)
 from orca_jax.model.weight_layout import ConversionError
@@ -166,7 +168,6 @@ def make_diff(base_dir: pathlib.Path, target_dir: pathlib.Path, out: pathlib.Pat
     base_dir, target_dir = pathlib.Path(base_dir), pathlib.Path(target_dir)
     with _staged_output(out) as staging:
         if (target_dir / params_io.PARAMS_SUBDIR).is_dir() and params_io.stored_model_config(target_dir):
-            from orca_jax.model import convert  # only this path needs the model code
             exported = staging / "_exported_target"
             convert.export_hf(target_dir, exported, **(export_args or {}))
             target_dir = exported
@@ -282,8 +283,12 @@ def _parser() -> argparse.ArgumentParser:
                        help="largest diff safetensors file before splitting")
     maker.add_argument("--tokenizer", type=pathlib.Path, default=None,
                        help="params target only: the run's sentencepiece model (see convert-weights export)")
-    maker.add_argument("--template", default="orca", help="params target only: the run's prompt template")
-    maker.add_argument("--dtype", default=None, help="params target only: exported dtype (e.g. bfloat16)")
+    maker.add_argument("--template", choices=sorted(TEMPLATES), default=None,
+                       help="params target only: the run's prompt template (default: --config's, else orca)")
+    maker.add_argument("--config", default=None,
+                       help="params target only: training config whose data.tokenizer / data.template to use")
+    maker.add_argument("--dtype", choices=FLOAT_DTYPES, default=None,
+                       help="params target only: exported dtype (the base's, e.g. bfloat16)")
     applier = commands.add_parser("apply", help="BASE + DIFF -> the fine-tuned HF model directory")
     applier.add_argument("--base", type=pathlib.Path, required=True, help="base HF safetensors directory")
     applier.add_argument("--diff", type=pathlib.Path, required=True, help="diff directory")
@@ -295,7 +300,10 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "make":
-            export_args = {"tokenizer": args.tokenizer, "template": args.template, "dtype": args.dtype}
+            export_args = None
+            if (args.target / params_io.PARAMS_SUBDIR).is_dir():
+                tokenizer, template = convert.tokenizer_and_template(args)
+                export_args = {"tokenizer": tokenizer, "template": template, "dtype": args.dtype}
             index = make_diff(args.base, args.target, args.out, int(args.max_shard_mb * 2**20), export_args)
             stored_whole = [name for name, entry in index["tensors"].items() if entry["base_shape"] is None]
             print(f"wrote {args.out}: {len(index['tensors'])} tensors ({len(stored_whole)} stored whole), "
