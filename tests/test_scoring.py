@@ -20,6 +20,8 @@ AQUA = ["(A)5(√3 + 1)", "(B)6(√3 + √2)", "(C)7(√3 – 1)", "(D)8(√3 �
 COUNTS = ["(A) zero", "(B) one", "(C) two", "(D) three"]
 SNARKS = ["(A) He's a generous person", "(B) He's a terrible person"]
 YES_NO, VALIDITY = ["Yes", "No"], ["valid", "invalid"]
+RACE = ["(A) Ann finished last", "(B) Joe finished last", "(C) Amy finished last"]
+SHUFFLED = ["(A) Tom went to Rome.", "(C) Sue went to Oslo.", "(B) Raj went to Lima.", "(D) Kim went to Bern."]
 
 
 def check(response, options, gold, extracted, correct):
@@ -59,6 +61,14 @@ def test_capitals_that_are_words_are_not_letters(response, extracted):
     ("(A)", ["(A) Monsters", "(B) Inc", "(C) Town & Country"], "Monsters, Inc", "(A)", False),
     ("Answer: Town & Country", ["(A) Monsters", "(B) Inc", "(C) Town & Country"], "Town & Country", "(C)", True),
     ("B", ["A No dangshen", "B No Shouwu"], "(B)", "(B)", True),  # AGIEval options lettered without parentheses
+    ("Raj went to Lima.", SHUFFLED, "(B)", "(B)", True),  # options listed out of letter order
+    ("Answer: C", SHUFFLED, "(C)", "(C)", True),
+    ("Joe", RACE, "(B)", "(B)", True),  # a few words found in one option's text only
+    ("Probably Amy.", RACE, "(B)", "(C)", False),
+    ("finished last", RACE, "(B)", "", False),  # in every option
+    ("Not Joe", RACE, "(B)", "", False),
+    ("Joe or Amy", RACE, "(B)", "", False),
+    ("Bob has Frankenstein and Lolita.", FRUIT, "(B)", "", False),  # no word-subset reading of a sentence
 ])
 def test_option_text(response, options, gold, extracted, correct):
     check(response, options, gold, extracted, correct)
@@ -97,6 +107,18 @@ def test_answer_statements(response):
     ("The sentence is not plausible.", [], "yes", "no", False),
     ("So the answer is No.", [], "No", "no", True),
     ("It could be yes or no.", YES_NO, "No", "", False),
+    ("Overall, the expression comes out to __True__.\n\n- `not False` -> True\n- `True or False` -> True",
+     [], "True", "true", True),  # a label after a copula in the first sentence
+    ("not False is True.\nTrue and False is False.\nSo the result is False.", [], "False", "false", True),
+    ("Kandi doesn't tell the truth.", [], "No", "no", True),  # a yes/no answer stated as a sentence
+    ("So Kandi tells the truth.", [], "No", "yes", False),
+    ("Kandi lies.", [], "Yes", "no", False),
+    ("Kandi does not lie.", [], "Yes", "yes", True),
+    ("You never get back to the starting point.", YES_NO, "No", "no", True),
+    ("You end up back at the starting point.", YES_NO, "Yes", "yes", True),
+    ("The storm did cause the outage.", YES_NO, "Yes", "yes", True),
+    ("Kandi says Leda lies.", [], "No", "", False),  # a premise, not an answer
+    ("The answer is not clear.", YES_NO, "No", "", False),
 ])
 def test_labels(response, options, gold, extracted, correct):
     check(response, options, gold, extracted, correct)
@@ -136,6 +158,16 @@ def test_numbers(response, gold, extracted, correct):
     ("The answer is (A). Wait, actually it is (B).", "(B)", True),
     ("Answer: A\nHmm, let me recheck the swaps.\nCorrection: the answer is B.", "(B)", True),
     ("Answer: (B)\nOn second thought, it is (C).", "(C)", False),
+    ("Bob gets Frankenstein in the end, unless the last swap is undone... I would say (B) or (C).", "", False),
+    ("Bob ends up with (B); then again, (C) is possible if the order differs. Hard to tell which one.", "", False),
+    ("(B)\nThe second swap might also leave him (A); it's unclear which was meant.", "", False),
+    ("At first it could be either (A) or (B).\nAfter the last swap Bob has Frankenstein.\nSo the answer is (B).",
+     "(B)", True),  # an answer stated after the doubt settles it
+    ("I can't be fully sure without the full story, but the most likely answer is (B).", "(B)", True),
+    ("I can't determine which book it is, though perhaps (B).", "", False),
+    ("Section A of the story says Bob swaps twice; in other words, (B).", "(B)", True),  # "Section A" is no option
+    ("The narrator of part C would side with Bob, that is, (B).", "(B)", True),
+    ("Passages A and C agree that Bob keeps Frankenstein, namely (B).", "(B)", True),
 ])
 def test_several_answers_hedges_refusals_and_corrections(response, extracted, correct):
     check(response, FRUIT, "(B)", extracted, correct)
@@ -148,6 +180,9 @@ def test_several_answers_hedges_refusals_and_corrections(response, extracted, co
     ("Bob gives up Frankenstein (B) in the first swap\nand never sees it again\nthe end", "(B)"),  # named once
     ("1. Alice has Ulysses.\n2. Claire has Lolita.\nDone!", ""),  # a list item is not an answer; two named
     ("Let's track each swap. First Claire and Bob swap, so Bob now has (C) and Claire", ""),  # truncated
+    ("Alice keeps Ulysses. Now checking option (B): Bob's final book —", ""),  # cut off while checking
+    ("Alice keeps Ulysses. Let's consider (B) next:", ""),
+    ("Alice keeps Ulysses, which rules out (A). Considering option (C), Bob", ""),
 ])
 def test_which_part_counts(response, extracted):
     assert score(response, FRUIT, "(B)").extracted == extracted
@@ -158,7 +193,9 @@ def test_which_part_counts(response, extracted):
     "🙂" * 5000, "(A) " * 10_000, "answer: " * 10_000, "a" * 200_000, "the answer is " * 5_000 + "(B)",
     "not " * 20_000, "1," * 50_000, "- " * 50_000, "= " * 50_000, "so " * 30_000, "Wait, " * 20_000,
     "Answer: Thursday\n\n", "A" * 50_000, "(A" * 50_000, "**" * 50_000, "Frankenstein " * 5_000,
-    "None of these " * 3_000, "(A) Ulysses (B) Frankenstein\n" * 2_000,
+    "None of these " * 3_000, "(A) Ulysses (B) Frankenstein\n" * 2_000, "hard to say (A) (B) " * 3_000,
+    "passage A and " * 5_000, "Kandi does not " * 5_000 + "lie.", "i.e., " * 10_000 + "(B)",
+    "I can't say, but " * 3_000 + "the answer is (B)", "Checking option (A) " * 5_000 + "—",
 ], ids=lambda response: f"{response[:12]!r}x{len(response)}")
 @pytest.mark.parametrize("options, gold", [(FRUIT, "(B)"), (YES_NO, "Yes"), ([], "8"), ([], "] ]"), ([], "True")])
 def test_never_crashes_and_stays_fast(response, options, gold):

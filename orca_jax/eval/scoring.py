@@ -3,16 +3,23 @@
 `score(response, options, gold)` reads one answer from a free-form response and compares it with the
 gold. What counts as an answer depends on the answer space, judged from `options` and `gold`:
 
-- **choice**: the options are lettered, "(A) text" or "A text" (BBH, AGIEval). An option is named by
+- **choice**: the options are lettered, "(A) text", "A text" or "A? text" (BBH, AGIEval), in any order
+  (some AGIEval rows list (A), (C), (B), (D)). An option is named by
   its letter in any dress, "(B)", "B", "b" (alone), "B)", "B.", "[B]", "Option B", "option (b)",
   "**B**", "\\text{B}", or by its text, compared as normalised tokens (case, punctuation, quotes and a
   trailing period ignored; number words read as digits, so "3" names "(D) three"). A bare capital is
   a letter only when a lowercase word does not follow it ("A heptagon" is an article), unless that
-  word is a verb or conjunction ("A is", "A or B"). A text gold equal to an option's text means that
-  option; one equal to none (BBH's "Monsters, Inc", split into two options) is matched as text.
+  word is a verb or conjunction ("A is", "A or B"), and never after a noun that makes it a name
+  ("passage B", "Statement A", "parts A and C"; table in `answer_phrases`). A text gold equal to an
+  option's text means that option; one equal to none (BBH's "Monsters, Inc", split into two options)
+  is matched as text.
 - **label**: options that are not lettered (["Yes", "No"], ["valid", "invalid"]), or no options and a
   gold among yes/no, true/false, valid/invalid. "not valid" reads as "invalid" (any negated label of
-  a two-label set reads as the other); for yes/no, "plausible"/"implausible" read as yes/no.
+  a two-label set reads as the other); for yes/no, "plausible"/"implausible" read as yes/no, and a
+  one-clause statement about the subject is read where no label is named: "X does not <verb phrase>"
+  (also doesn't, did not, never, ...) is no, except "does not lie"; "X does/did <verb phrase>", "X
+  tells the truth" and "you return to (end up back at) the starting point" are yes; "X lies" is no.
+  Clauses that report ("X says Y lies") or doubt ("The answer is not clear") are not read.
 - **number**: no options and an integer gold. Numbers may carry units, commas and signs ("8 musical
   instruments", "1,024", "-11520") or be words ("eight").
 - **text**: anything else (dyck_languages, word_sorting, the demo's weekdays and lists): the answer
@@ -22,16 +29,24 @@ gold. What counts as an answer depends on the answer space, judged from `options
 Where the answer is read, first rule that finds one wins:
 1. the last explicit final-answer statement that names an answer: an "Answer:" label (also "Final
    answer:", `**Answer:** (A)`, "### Answer" with the answer on the next line, a transcript's "A:"), "the answer is ..."
-   (also "the correct option is", "I'd go with", "I pick"), `\\boxed{...}`, or a self-correction
-   ("Wait", "Correction:", "On second thought", "actually it is"); being the last, a correction
+   (also "the correct option is", "I'd go with", "I pick", "I'd say", "I would guess"), `\\boxed{...}`,
+   or a self-correction ("Wait", "Correction:", "On second thought", "actually it is"); being the last, a correction
    overrides what it corrects; when none names one but the last line is an "Answer:" label, its text
    is the answer ("Answer: Thursday" to a number question is wrong, not read elsewhere);
 2. the first line, when it starts with an answer (after markup and "I think", "It's", "There are"; not
-   a numbered list item or a line with "=", which starts a computation), as Orca's system message 8 asks for the answer first;
-3. the last line, from its last conclusion marker ("so", "therefore", "=") on when that names an
-   answer, unless the line looks truncated (six or more words with no closing punctuation);
+   a numbered list item or a line with "=", which starts a computation), as Orca's system message 8 asks
+   for the answer first; for labels also a first sentence ending in a label after a copula, with no
+   label before it ("The expression evaluates to **False**.", not "not True is False.");
+3. the last line, from its last conclusion marker ("so", "therefore", "=", "i.e.", "that is,",
+   "namely", "in other words") on when that names an answer, unless the response looks truncated: its
+   last line ends with a dash, colon, comma, semicolon or "(", or has six or more words and no closing
+   punctuation;
 4. the one option or label the whole response names, when it names exactly one (not for numbers or
-   text; not when truncated).
+   text; not when truncated; a mention being examined, "Checking option (E)", "Let's consider (B)",
+   does not count);
+5. for choices, a response of at most four words, not truncated, whose content words (fillers such
+   as "the", "probably" aside; none negated or joined by "or") all occur in one option's text and in
+   no other's: "Eve" names "(C) Eve finished last" when no other option mentions Eve.
 Text answers use rules 1 and 3 only, reading the last line whole: an explicit statement, else the
 last line, so demo responses ending `Answer: <gold>` are read from that line.
 
@@ -40,10 +55,14 @@ or followed by "is wrong"/"is not"/"can be eliminated" is set aside, so "(B) is 
 "(B) rather than (A)" and "not (A) but (B)" read as B. Of the rest the first is the answer, unless a
 different one follows within 80 characters joined by a hedge ("or", "either", "maybe", "possibly",
 "might", "could"), listed next to it ("(A) and (C)", "8 9"), or itself doubted ("..., though (A)
-might also be"): that is a hedge, scored wrong. A
-refusal or doubt on the line read ("I cannot determine", "none of the options", "I'm not sure",
-"not enough information") is wrong even when it names an answer; a refusal phrase that is an option's
-text ("(E) None of these") is an answer, not a refusal.
+might also be"), or any two consecutive different ones are joined by "or" however far from the first
+("..., I'd say (B) or (D)"): that is a hedge, scored wrong. A refusal or doubt on the line read ("I
+cannot determine", "none of the options", "I'm not sure", "not enough information") is wrong even when
+it names an answer, unless it comes before a "but ... answer is" clause that states it ("I can't be
+certain, but the most likely answer is (D)"); a refusal phrase that is an option's text ("(E) None of
+these") is an answer, not a refusal. Doubt between answers ("hard to say", "it's unclear which",
+"could be either", "torn between") anywhere in a response that names two or more different options
+or labels makes it a hedge, unless an explicit statement (rule 1) after the doubt settles it.
 
 Hedges and refusals give `extracted == ""`. Responses over 20,000 characters are scored on their first
 5,000 and last 15,000, and every pattern is linear in the text, so any string is safe to score.
@@ -54,6 +73,8 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections.abc import Sequence
+
+from orca_jax.eval import answer_phrases
 
 MAX_CHARS, HEAD_CHARS = 20_000, 5_000
 HEDGE_REACH = 80  # characters between two answers beyond which the second is explanation, not a hedge
@@ -66,7 +87,7 @@ _BINARY_LABELS = ({"yes", "no"}, {"true", "false"}, {"valid", "invalid"})
 
 # Words of option text: numbers (commas inside dropped later), words, and symbols that carry meaning.
 _TOKEN = re.compile(r"\d{1,3}(?:,\d{3})+(?!\d)|\d+(?:\.\d+)?|[^\W_]+|[^\w\s.,;:!?'\"`*_()\[\]{}$\\’‘“”]")
-_LETTERED = re.compile(r"\s*\(?([A-Z])(?:\)|[.:]\s|\s)\s*(.*)", re.DOTALL)
+_LETTERED = re.compile(r"\s*\(?([A-Z])(?:\)|[.:?]\s|\s)\s*(.*)", re.DOTALL)
 _GOLD_LETTER = re.compile(r"\(?([A-Za-z])\)?")
 _DRESSED_LETTER = re.compile(
     r"\(\s*([A-Za-z])\s*\)|\[([A-Za-z])\]|\b(?:option|choice)(?:\s+\(?|\()([A-Za-z])\b\)?|\*\*\(?([A-Za-z])[.):]?\*\*",
@@ -88,12 +109,14 @@ _FINAL_LABEL = re.compile(r"\banswer(?:\*\*|__)?\s*[:：]([^\n]*)$", re.IGNORECA
 _HEADING = re.compile(r"^[ \t#*_>]*(?:final\s+)?answer[ \t*_:]*$", re.IGNORECASE | re.MULTILINE)
 _ANSWER_IS = re.compile(
     r"\b(?:answer|choice|option)\s+(?:here\s+)?(?:is|would be|must be|should be|will be)\b\s*:?"
-    r"|\bi(?:'d|’d| would| will|'ll)?\s+(?:go with|choose|pick|select)\b", re.IGNORECASE)
+    r"|\bi(?:'d|’d| would| will|'ll)?\s+(?:go with|choose|pick|select)\b|\bi(?:'d|’d| would)\s+(?:say|guess)\b",
+    re.IGNORECASE)
 _BOXED = re.compile(r"\\(?:boxed|fbox)\{")
 _CORRECTION = re.compile(r"\b(?:wait|correction|on second thought|on reflection|scratch that|"
                          r"i made (?:a|an) (?:mistake|error)|let me correct(?: that| myself)?)\b[:,.!]?"
                          r"|\bactually,?(?=\s+(?:the|it|i)\b)", re.IGNORECASE)
-_CONCLUSION = re.compile(r"\b(?:so|therefore|thus|hence|which means|this means|that means|meaning)\b,?|=",
+_CONCLUSION = re.compile(r"\b(?:so|therefore|thus|hence|which means|this means|that means|meaning|namely|"
+                         r"in other words)\b,?|\bi\.e\.,?|\bthat is,|=",
                          re.IGNORECASE)
 _LEAD = re.compile(r"[\s#>*_\"'`“‘-]*(?:(?:i think|i believe|i'd say|i would say|my answer is|answer|"
                    r"it's|it is|that's|that is|there are|there is|i have|you have|the total is|total)\b"
@@ -101,27 +124,6 @@ _LEAD = re.compile(r"[\s#>*_\"'`“‘-]*(?:(?:i think|i believe|i'd say|i would
 _NEXT_LINE = re.compile(r"\s*(\S[^\n]*)")
 _ARTICLE = re.compile(r"(?:a|an|the)\s+", re.IGNORECASE)
 _LIST_ITEM = re.compile(r"\s*(?:step\s*)?\d+[.):]\s+\S", re.IGNORECASE)
-
-_NEGATED_BEFORE = re.compile(
-    r"(?:\bnot|n't|\bnor|\bneither|\brather than|\binstead of|\bover|\bexcept|\bexclud\w*|\brule\w* out|"
-    r"\beliminat\w*|\bcannot be|\bcan't be)\s*(?:option|choice)?\s*[(\[*]*$", re.IGNORECASE)
-_NEGATED_AFTER = re.compile(
-    r"\s*\)?\s*(?:(?:is|was|are|can|would|must|seems|does)\s+(?:be\s+)?(?:not\b|never\b|incorrect|wrong|"
-    r"false\b|eliminated|excluded|ruled out|impossible)|(?:isn't|wasn't|can't|cannot|doesn't)\b)", re.IGNORECASE)
-_LABEL_NEGATED = re.compile(r"(?:\bnot|n't)\W+(?:\w+\W+)?$", re.IGNORECASE)
-_HEDGE = re.compile(r"\b(?:or|either|possibly|maybe|perhaps|might|could|alternatively)\b|/", re.IGNORECASE)
-# "(D), though (A) might also be": the doubt follows the second answer.
-_HEDGE_AFTER = re.compile(r"\s*\)?\s*(?:(?:might|could|may)\s+(?:also\b|be\s+(?:right|correct|it)\b|work\b)"
-                          r"|(?:is|are|would be|could be)?\s*(?:also|equally)\s+(?:possible|plausible|correct|right|likely))",
-                          re.IGNORECASE)
-_LISTED = re.compile(r"[\s,;&/*]*(?:(?:and|or)\b)?[\s,*]*", re.IGNORECASE)
-_REFUSAL = re.compile(
-    r"\b(?:cannot|can't|can not|unable to|impossible to|not possible to|no way to)\s+(?:be\s+)?"
-    r"(?:determine|determined|tell|say|answer|know|decide|be certain|be sure)\b"
-    r"|\bnot\s+(?:entirely\s+|completely\s+|really\s+|totally\s+)?(?:sure|certain)\b|\b(?:unsure|uncertain)\b"
-    r"|\b(?:don't|do not)\s+know\b|\bnone of (?:the (?:options|choices|answers|above|given)|them|these)\b"
-    r"|(?:\bnot|n't|\bno|\bwithout)\s+(?:\w+\s+)?(?:enough|sufficient|more)\s+(?:information|info|context|data)\b"
-    r"|\binsufficient\s+(?:information|context)\b", re.IGNORECASE)
 
 _HEDGED = "\0hedge"  # an outcome naming no single answer: scored wrong, extracted ""
 
@@ -171,9 +173,11 @@ def _normalise(text: str) -> str:
 def _answer_space(options: Sequence[str], gold: str) -> tuple[_Space, str]:
     """The answer space of a question and its gold answer in canonical form."""
     lettered = [_LETTERED.fullmatch(option) for option in options]
-    if options and all(m and m.group(1) == chr(ord("A") + i) for i, m in enumerate(lettered)):
+    in_order = [chr(ord("A") + i) for i in range(len(options))]
+    if options and all(lettered) and sorted(m.group(1) for m in lettered) == in_order:
+        # in any order: some AGIEval rows list (A), (C), (B), (D)
         phrases = {_phrase(m.group(2)): f"({m.group(1)})" for m in reversed(lettered) if _phrase(m.group(2))}
-        letters = "".join(m.group(1) for m in lettered)
+        letters = "".join(sorted(m.group(1) for m in lettered))
         gold_letter = _GOLD_LETTER.fullmatch(gold.strip())
         if gold_letter and gold_letter.group(1).upper() in letters:
             return _Space("choice", phrases, letters), f"({gold_letter.group(1).upper()})"
@@ -219,7 +223,10 @@ def _mentions(space: _Space, text: str, start: int, end: int) -> list[_Mention]:
             if letter in space.letters and (match.group(0)[0] in "([*" or letter == match.group(3)
                                             or not _LETTER_FOLLOWERS.match(segment, match.end())):
                 found.append(_Mention(match.start(), match.end(), f"({letter})"))
+        named = [match.span() for match in answer_phrases.LETTER_NOUN.finditer(segment)]  # "passage B", "Part A"
         for match in _BARE_LETTER.finditer(segment):
+            if any(start_ <= match.start() < end_ for start_, end_ in named):
+                continue
             if match.group(1) in space.letters and not _LETTER_FOLLOWERS.match(segment, match.end()):
                 found.append(_Mention(match.start(), match.end(), f"({match.group(1)})"))
         lone = re.fullmatch(r"[\s*_`\"'(\[]*([a-z])[\s.)\]*_`\"']*", segment)
@@ -232,11 +239,11 @@ def _mentions(space: _Space, text: str, start: int, end: int) -> list[_Mention]:
             continue  # inside a longer mention: "**(B)**", "Monsters" within the gold "Monsters, Inc"
         covered = mention.end
         before, after = segment[max(0, mention.start - 30):mention.start], segment[mention.end:mention.end + 40]
-        if space.kind == "label" and _LABEL_NEGATED.search(before):
+        if space.kind == "label" and answer_phrases.LABEL_NEGATED.search(before):
             if mention.answer in space.opposite:
                 kept.append(dataclasses.replace(mention, answer=space.opposite[mention.answer]))
             continue
-        if _NEGATED_BEFORE.search(before) or _NEGATED_AFTER.match(after):
+        if answer_phrases.NEGATED_BEFORE.search(before) or answer_phrases.NEGATED_AFTER.match(after):
             continue
         kept.append(mention)
     return [dataclasses.replace(m, start=m.start + start, end=m.end + start) for m in kept]
@@ -263,7 +270,11 @@ def _resolve(text: str, mentions: list[_Mention]) -> str | None:
     for other in mentions[1:]:
         between = text[first.end:other.start]
         if other.answer != first.answer and len(between) <= HEDGE_REACH and (
-                _HEDGE.search(between) or _LISTED.fullmatch(between) or _HEDGE_AFTER.match(text, other.end)):
+                answer_phrases.HEDGE.search(between) or answer_phrases.LISTED.fullmatch(between)
+                or answer_phrases.HEDGE_AFTER.match(text, other.end)):
+            return _HEDGED
+    for one, other in zip(mentions, mentions[1:]):  # "I'd say (B) or (D)", however far from the first
+        if one.answer != other.answer and answer_phrases.OR_JOINED.fullmatch(text, one.end, other.start):
             return _HEDGED
     return first.answer
 
@@ -271,7 +282,7 @@ def _resolve(text: str, mentions: list[_Mention]) -> str | None:
 def _refuses(text: str, start: int, end: int, mentions: list[_Mention]) -> bool:
     texts = [m for m in mentions if m.is_text]
     return any(not any(m.start < r.end() and r.start() < m.end for m in texts)
-               for r in _REFUSAL.finditer(text, start, end))
+               for r in answer_phrases.REFUSAL.finditer(text, start, end))
 
 
 def _line_bounds(text: str, position: int) -> tuple[int, int]:
@@ -323,8 +334,12 @@ def _read(text: str, space: _Space, start: int, end: int, context_start: int) ->
     cue = cues[-1] if cues else None
     if cue and any(m.start >= cue.end() for m in mentions):
         mentions = [m for m in mentions if m.start >= cue.end()]
-    if _refuses(text, context_start, end, mentions):
-        return _HEDGED
+    rescue = answer_phrases.BUT_ANSWER.search(text, context_start, start) if start > context_start else None
+    if _refuses(text, rescue.start() if rescue else context_start, end, mentions):
+        return _HEDGED  # a caveat before "..., but the most likely answer is" does not void it
+    if not mentions and space.opposite.get("yes") == "no":
+        sentences = re.findall(r"[^.!?\n]+[.!?]*", text[start:end])
+        return answer_phrases.yes_no_sentence(sentences[-1]) if sentences else None
     return _resolve(text, mentions)
 
 
@@ -336,6 +351,12 @@ def _first_line(text: str, space: _Space) -> str | None:
     lead = _LEAD.match(text, start).end()
     article = _ARTICLE.match(text, lead)
     mentions = _mentions(space, text, start, end)
+    if space.kind == "label":
+        stated = answer_phrases.COPULA_LABEL.match(text, start, end)  # "The expression evaluates to **False**."
+        if stated and not _mentions(space, text, start, stated.start(1)):
+            said = _mentions(space, text, stated.start(1), stated.end())
+            if len(said) == 1 and said[0].end >= stated.end(1):
+                return _read(text, space, start, stated.end(), start)
     if not mentions or mentions[0].start > (article.end() if article else lead):
         return None
     first = mentions[0]
@@ -351,7 +372,7 @@ def _last_line(text: str, space: _Space) -> str | None:
     if not lines:
         return None
     start, end = lines[-1]
-    if _truncated(text):
+    if answer_phrases.truncated(text):
         return None
     if space.kind != "text":
         for marker in list(_CONCLUSION.finditer(text, start, end))[-MAX_STATEMENTS:][::-1]:
@@ -365,17 +386,36 @@ def _named_once(text: str, space: _Space) -> str | None:
     if space.kind in ("number", "text"):
         return None
     mentions = [m for m in _mentions(space, text, 0, len(text))
-                if m.is_text or not _BARE_LETTER.fullmatch(text[m.start:m.end])]
+                if (m.is_text or not _BARE_LETTER.fullmatch(text[m.start:m.end]))
+                and not answer_phrases.EXAMINED.search(text, max(0, m.start - 30), m.start)]  # "Checking option (E)"
     answers = {m.answer for m in mentions}
     if len(answers) != 1:
         return None
     return _HEDGED if _refuses(text, 0, len(text), mentions) else answers.pop()
 
 
-def _truncated(text: str) -> bool:
-    """Whether the last line stops mid-sentence: a cut-off generation, which states no answer there."""
-    line = text.rstrip().rsplit("\n", 1)[-1]
-    return len(line.split()) >= 6 and bool(re.search(r"[\w,;:(\-]$", line))
+def _short_option_text(text: str, space: _Space) -> str | None:
+    """A response of a few words whose content words all occur in one option's text only ("Eve" for
+    "(C) Eve finished last")."""
+    if space.kind != "choice" or len(text.split()) > 4 or "\n" in text.strip():
+        return None
+    words = set(_phrase(text)) - answer_phrases.FILLER
+    if not words or words & answer_phrases.NEGATIONS:
+        return None
+    matching = {answer for phrase, answer in space.phrases.items()
+                if answer.startswith("(") and words <= set(phrase)}
+    if len(matching) != 1 or _refuses(text, 0, len(text), []):
+        return None
+    return matching.pop()
+
+
+def _doubted(text: str, space: _Space, committed_at: int) -> bool:
+    """Doubt ("hard to say", "could be either") after the answer read, in a response naming two or
+    more different answers."""
+    doubts = list(answer_phrases.DOUBT.finditer(text))
+    if not doubts or doubts[-1].end() <= committed_at or space.kind not in ("choice", "label"):
+        return False
+    return len({m.answer for m in _mentions(space, text, 0, len(text))}) >= 2
 
 
 def score(response: str, options: Sequence[str], gold: str) -> Verdict:
@@ -388,10 +428,11 @@ def score(response: str, options: Sequence[str], gold: str) -> Verdict:
         response[:HEAD_CHARS] + "\n" + response[-(MAX_CHARS - HEAD_CHARS):]
     text = _LETTER_RANGE.sub(lambda m: " " * len(m.group()), text.replace("\r", ""))
     space, canonical_gold = _answer_space(options, gold)
-    outcome = None
+    outcome, committed_at = None, -1
     for start, end, line_start in reversed(_statements(text, space)[-MAX_STATEMENTS:]):
         outcome = _read(text, space, start, end, line_start)
         if outcome is not None:
+            committed_at = start  # an explicit statement after a doubt settles it
             break
     last_label = _FINAL_LABEL.search(text, text.rstrip().rfind("\n") + 1)
     if outcome is None and last_label and _normalise(last_label.group(1)):
@@ -400,8 +441,12 @@ def score(response: str, options: Sequence[str], gold: str) -> Verdict:
         outcome = _first_line(text, space)
     if outcome is None:
         outcome = _last_line(text, space)
-    if outcome is None and not _truncated(text):
+    if outcome is None and not answer_phrases.truncated(text):
         outcome = _named_once(text, space)
+    if outcome is None and not answer_phrases.truncated(text):
+        outcome = _short_option_text(text, space)
+    if outcome not in (None, _HEDGED) and _doubted(text, space, committed_at):
+        outcome = _HEDGED
     if outcome is None or outcome == _HEDGED:
         return Verdict("", False)
     return Verdict(outcome, outcome == canonical_gold)
