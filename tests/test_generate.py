@@ -192,7 +192,7 @@ def test_compiled_decode_loop_keeps_one_cache_and_copies_none_of_it():
     abstract = generate.abstract_decode_params(config)
     ints = [jax.ShapeDtypeStruct(shape, jnp.int32) for shape in ((batch, width), (batch,), (), ())]
     compiled = jax.jit(generate.decode_program(config, new_tokens, min_bucket=64)).lower(abstract, *ints).compile()
-    kv_type = f"f32[{config.num_layers},{batch},{cache_length},{config.num_kv_heads},{config.head_dim}]"
+    kv_type = f"f32[{config.num_layers},{batch},{config.num_kv_heads},{cache_length},{config.head_dim}]"
     cache_copies = [line for line in compiled.as_text().splitlines() if kv_type in line and " copy(" in line]
     assert len(cache_copies) <= 1, cache_copies
     cache_bytes = 2 * 4 * config.num_layers * batch * cache_length * config.num_kv_heads * config.head_dim

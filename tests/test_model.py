@@ -218,12 +218,12 @@ def test_decode_mode_keeps_the_params_and_takes_a_logically_named_cache():
     assert set(training) == set(decoding) == {"params"}  # the cache is an argument, not a collection
     assert jax.tree.structure(decoding["params"]) == jax.tree.structure(training["params"])
     c = TINY
-    kv_shape = (c.num_layers, 1, LENGTH, c.num_kv_heads, c.head_dim)
+    kv_shape = (c.num_layers, 1, c.num_kv_heads, LENGTH, c.head_dim)
     assert isinstance(cache, KVCache)
     assert jax.tree.map(lambda a: (a.shape, a.dtype), cache) == KVCache(
         (kv_shape, c.compute_jnp_dtype), (kv_shape, c.compute_jnp_dtype), ((1, LENGTH), jnp.int32), ((), jnp.int32))
-    assert cache_logical_axes() == KVCache(("layers", "batch", "length", "kv_heads", "head_dim"),
-                                           ("layers", "batch", "length", "kv_heads", "head_dim"),
+    assert cache_logical_axes() == KVCache(("layers", "batch", "kv_heads", "length", "head_dim"),
+                                           ("layers", "batch", "kv_heads", "length", "head_dim"),
                                            ("batch", "length"), ())
     logits, new_cache = jax.eval_shape(functools.partial(Llama(TINY).apply, cache=cache, attend_length=LENGTH),
                                        {"params": nn.unbox(training["params"])}, tokens, positions, segment_ids)

@@ -9,7 +9,7 @@ Decoding passes a `KVCache` of plain arrays in and gets the updated one back (`L
 cache=cache, attend_length=n)`), so each new token costs one position instead of a forward pass over the
 whole sequence. The cache is not a flax variable: the decode loop keeps it in its `while_loop` carry and
 the layer scan carries the whole stacked cache too, writing each layer's new keys and values with one
-`dynamic_update_slice` at [layer, :, slot] and reading back only the first `attend_length` slots of that
+`dynamic_update_slice` at [layer, :, :, slot] and reading back only the first `attend_length` slots of that
 layer. Every buffer involved is a loop carry updated in place, so a step moves each cache byte at most
 once (the filled prefix is read, the new slot written) and XLA keeps a single live cache. (A flax
 'cache' collection under `nn.scan`, which this replaced, zero-filled a new stacked cache, sliced each
@@ -34,9 +34,11 @@ from orca_jax.model.config import ModelConfig
 RESIDUAL_AXES = ("batch", "length", "embed")
 MLP_HIDDEN_AXES = ("batch", "length", "mlp")
 LOGITS_AXES = ("batch", "length", "vocab")
-# The decode cache: stacked keys/values (one [batch, length, kv_heads, head_dim] block per layer) and
-# the per-slot segment ids. Shardings come from these names through orca_jax.parallel's rules.
-CACHE_KEY_VALUE_AXES = ("layers",) + KEY_VALUE_AXES
+# The decode cache: stacked keys/values (one [batch, kv_heads, length, head_dim] block per layer) and
+# the per-slot segment ids. Shardings come from these names through orca_jax.parallel's rules. Slots
+# and head_dim are the two minor dimensions: TPUs tile the two minor dimensions of an array (16 x 128
+# for bfloat16), and kv_heads there (40 / 4 = 10 per chip at 13B) would pad the cache by 60%.
+CACHE_KEY_VALUE_AXES = ("layers", "batch", "kv_heads", "length", "head_dim")
 CACHE_SEGMENT_AXES = ("batch", "length")
 
 # LLaMA's reference initialisation (HF `initializer_range`); converted checkpoints replace it anyway.
@@ -90,7 +92,7 @@ class KVCache(NamedTuple):
     """The decode cache, plain arrays that the decode loop carries and the model returns updated."""
 
     key: jax.Array
-    """[layers, batch, cache_length, kv_heads, head_dim] in the compute dtype (CACHE_KEY_VALUE_AXES)."""
+    """[layers, batch, kv_heads, cache_length, head_dim] in the compute dtype (CACHE_KEY_VALUE_AXES)."""
     value: jax.Array
     """Same shape and dtype as `key`."""
     segment_ids: jax.Array
@@ -117,19 +119,21 @@ def cache_logical_axes() -> KVCache:
 
 def _write_and_read_layer(stacked: jax.Array, block: jax.Array, layer: jax.Array, cache_write: CacheWrite):
     """Write a [batch, block, kv_heads, head_dim] block into layer `layer` of the stacked cache at the
-    block's slots; return (the updated stacked cache, that layer's first attend_length slots).
+    block's slots; return (the updated stacked cache, that layer's first attend_length slots as
+    [batch, attend_length, kv_heads, head_dim]).
 
     The write comes before the read, so XLA updates the loop-carried buffer in place instead of
     copying it; the read is a static-size dynamic slice, so attention touches the filled prefix only.
+    (The axis swaps are layout only: XLA folds them into the update and into the attention dots.)
     """
     zero = jnp.zeros((), jnp.int32)
-    stacked = jax.lax.dynamic_update_slice(stacked, block[None].astype(stacked.dtype),
-                                           (layer, zero, cache_write.first_slot, zero, zero))
+    block = jnp.swapaxes(block, 1, 2)[None].astype(stacked.dtype)  # [1, batch, kv_heads, block, head_dim]
+    stacked = jax.lax.dynamic_update_slice(stacked, block, (layer, zero, zero, cache_write.first_slot, zero))
     stacked = nn.with_logical_constraint(stacked, CACHE_KEY_VALUE_AXES)
-    _, batch, _, kv_heads, head_dim = stacked.shape
+    _, batch, kv_heads, _, head_dim = stacked.shape
     prefix = jax.lax.dynamic_slice(stacked, (layer, zero, zero, zero, zero),
-                                   (1, batch, cache_write.attend_length, kv_heads, head_dim))[0]
-    return stacked, nn.with_logical_constraint(prefix, KEY_VALUE_AXES)
+                                   (1, batch, kv_heads, cache_write.attend_length, head_dim))[0]
+    return stacked, nn.with_logical_constraint(jnp.swapaxes(prefix, 1, 2), KEY_VALUE_AXES)
 
 
 class Attention(nn.Module):
@@ -325,7 +329,7 @@ def init_cache(config: ModelConfig, batch_size: int, cache_length: int) -> KVCac
     """An empty `KVCache` (zeros) of batch_size rows and cache_length slots, keys and values in the
     compute dtype. Unwritten slots must be zeros, not garbage: masked out, they still multiply a zero
     probability, and 0 * NaN would poison the output."""
-    kv_shape = (config.num_layers, batch_size, cache_length, config.num_kv_heads, config.head_dim)
+    kv_shape = (config.num_layers, batch_size, config.num_kv_heads, cache_length, config.head_dim)
     return KVCache(key=jnp.zeros(kv_shape, config.compute_jnp_dtype),
                    value=jnp.zeros(kv_shape, config.compute_jnp_dtype),
                    segment_ids=jnp.zeros((batch_size, cache_length), jnp.int32),
