@@ -110,7 +110,8 @@ def test_a_benchmark_run_prints_the_report_and_saves_every_example(setup, tmp_pa
     # The same rows come from the in-memory evaluation of the same parameters.
     model_config = params_io.load_model_config(root / "params")
     mesh = parallel.make_mesh()
-    params = params_io.restore_params(root / "params", params_io.abstract_params(model_config, mesh, "bfloat16"))
+    # Restored in float32 and cast by the decoder (norm scales stay float32), as evaluate restores them.
+    params = params_io.restore_params(root / "params", params_io.abstract_params(model_config, mesh))
     builder = PromptBuilder(tokenizer, "orca", system_message="", max_tokens=WINDOW - WINDOW // 4)
     direct = runner.evaluate_examples(params, model_config, tokenizer, builder,
                                       load_suite("bbh", benchmarks_dir=bench)[::-1],

@@ -12,7 +12,10 @@ from conftest import SHARED_BENCHMARKS as BENCHMARKS
 from orca_jax.eval.benchmarks import bbh_options
 from orca_jax.eval.scoring import Verdict, score
 
-LABELLED = pathlib.Path(__file__).resolve().parent / "data" / "scoring_labelled.jsonl"
+DATA = pathlib.Path(__file__).resolve().parent / "data"
+# The development set the scorer was written against, and two sets written blind by people who had not
+# seen the scorer (the first was then used to fix the classes of error it showed; the second was not).
+LABELLED_SETS = ("scoring_labelled.jsonl", "scoring_heldout.jsonl", "scoring_heldout2.jsonl")
 
 FRUIT = ["(A) Ulysses", "(B) Frankenstein", "(C) Lolita"]
 DATES = ["(A) 12/11/1937", "(B) 12/25/1937", "(C) 01/04/1938", "(D) 12/04/1937"]
@@ -216,6 +219,10 @@ def test_never_crashes_and_stays_fast(response, options, gold):
     ("Answer: 3, 5, 7", "3, 5, 7", True),
     ("Answer: 3, 5, 7, 9", "3, 5, 7", False),
     ("Answer: ] ]", "] ]", True),
+    ("bridge calendar harbor lantern meadow orchard puzzle willow", "bridge calendar harbor lantern meadow orchard "
+     "puzzle willow", True),  # a word list has no closing punctuation, and is not cut off for want of one
+    ("bridge calendar harbor lantern meadow orchard puzzle", "bridge calendar harbor lantern meadow orchard "
+     "puzzle willow", False),
     ("", "42", False),
 ])
 def test_free_form_demo_style(response, gold, correct):
@@ -237,13 +244,13 @@ def test_demo_responses_are_right_for_their_own_gold_only(tmp_path):
         assert score(row["response"], [], other).correct is same, (row["response"], other)
 
 
-@pytest.fixture(scope="module")
-def labelled():
-    return [json.loads(line) for line in LABELLED.read_text(encoding="utf-8").splitlines()]
+@pytest.fixture(scope="module", params=LABELLED_SETS)
+def labelled(request):
+    return [json.loads(line) for line in (DATA / request.param).read_text(encoding="utf-8").splitlines()]
 
 
 def test_labelled_rows_are_real_benchmark_examples(labelled):
-    assert len(labelled) >= 180
+    assert len(labelled) >= 120
     assert {row["benchmark"] for row in labelled} == {"bbh", "agieval"}
     if not BENCHMARKS.is_dir():
         pytest.skip(f"{BENCHMARKS} is absent: options and golds not checked against the source files")

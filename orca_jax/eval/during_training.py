@@ -3,8 +3,8 @@
 A config's `eval` block (EvalConfig) names a suite or some of its tasks and how many examples of each;
 the training loop calls `TrainingEvaluator` at a stage's start (unless the stage starts from the
 previous stage's final weights, which were just evaluated), every `every_steps` steps and at the
-stage's end. Prompts are built once per run; each call greedy-decodes them with the live (sharded)
-training parameters and returns the scalars the metrics writer logs: `bench_accuracy` (the mean over
+stage's end. Prompts are built once per run; each call greedy-decodes them with the live training
+parameters (cast once to the compute dtype, kept in the training layout) and returns the scalars the metrics writer logs: `bench_accuracy` (the mean over
 tasks, the paper's headline) and `bench_accuracy/<task>`.
 """
 
@@ -16,15 +16,18 @@ from typing import Any
 
 from jax.sharding import Mesh
 
+from orca_jax import parallel
 from orca_jax.config import ConfigError, typed_block
 from orca_jax.data.tokenizer import Tokenizer
 from orca_jax.eval import benchmarks
+from orca_jax.eval.generate import prepare_params
 from orca_jax.eval.prompts import PromptBuilder, resolve_system_message
 from orca_jax.eval.report import build_report
 from orca_jax.eval.runner import evaluate_examples
 from orca_jax.model.config import ModelConfig
 
 ACCURACY = "bench_accuracy"
+TRAINING_RULES = parallel.LOGICAL_AXIS_RULES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,9 +93,12 @@ class TrainingEvaluator:
                                      max_tokens=model_config.max_seq_len - config.max_new_tokens)
 
     def __call__(self, params) -> dict[str, float]:
+        # The training layout, not the decode rules: those keep every weight whole on each FSDP shard,
+        # which a 13B model being trained has no room for. One compute-dtype copy serves every task.
+        params = prepare_params(params, self.model_config, self.mesh, axis_rules=TRAINING_RULES)
         rows = evaluate_examples(params, self.model_config, self.tokenizer, self.builder, self.examples,
                                  max_new_tokens=self.config.max_new_tokens, batch_size=self.config.batch_size,
-                                 mesh=self.mesh)
+                                 mesh=self.mesh, axis_rules=TRAINING_RULES)
         report = build_report(rows)
         scalars = {ACCURACY: report["overall"]["task_mean"]}
         scalars.update({f"{ACCURACY}/{task}": summary["accuracy"] for task, summary in report["tasks"].items()})

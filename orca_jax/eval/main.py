@@ -41,11 +41,12 @@ from orca_jax.data.construct.jsonl import RecordFormatError, read_objects
 from orca_jax.data.templates import get_template
 from orca_jax.data.tokenizer import Tokenizer
 from orca_jax.eval import benchmarks
+from orca_jax.eval.generate import abstract_decode_params, decode_params_dtype
 from orca_jax.eval.prompts import LONG_PROMPT_POLICIES, PROMPT_STYLES, PromptBuilder, resolve_system_message
 from orca_jax.eval.report import build_report, format_report
 from orca_jax.eval.runner import Journal, evaluate_examples, score_row
 from orca_jax.model import params_io
-from orca_jax.model.config import ModelConfig
+from orca_jax.model.config import FLOAT_DTYPES, ModelConfig
 
 DEFAULT_CONFIG = pathlib.Path(__file__).resolve().parents[2] / "configs" / "demo.py"
 # Room for an explanation before the answer, and never more than a quarter of the window.
@@ -81,6 +82,7 @@ def parse_args(argv: list[str]):
     parser.add_argument("--batch_size", type=int, default=16, help="prompts decoded together")
     parser.add_argument("--params_dtype", default="compute",
                         help="'compute' (the model's compute dtype), 'stored' (its param_dtype), or a dtype")
+    parser.add_argument("--mesh", help="data,fsdp,tensor sizes for decoding (-1: the rest); default the config's mesh")
     parser.add_argument("--output", help="write every scored example to this JSONL file")
     parser.add_argument("--report", help="write the report (with provenance) to this JSON file")
     parser.add_argument("--journal", help="finished-task journal; default <output>.journal when --output is set")
@@ -141,10 +143,25 @@ def resolve_model_config(config, model_fields: list[str], params: str) -> ModelC
 
 def params_dtype(model_config: ModelConfig, choice: str) -> str:
     if choice == "compute":
-        return model_config.compute_dtype
+        return str(decode_params_dtype(model_config))
     if choice == "stored":
         return model_config.param_dtype
+    if choice not in FLOAT_DTYPES:
+        raise ValueError(f"--params_dtype {choice!r}: choose compute, stored or one of {FLOAT_DTYPES}")
     return choice
+
+
+def eval_mesh(config, flags):
+    """The mesh from `--mesh D,F,T`, else the config's. Decoding splits heads over 'tensor' and rows over
+    'data' x 'fsdp' and keeps each weight whole on every fsdp shard (parallel.DECODE_AXIS_RULES), so a
+    13B model wants a tensor axis (e.g. --mesh -1,1,4)."""
+    if flags.mesh is None:
+        return parallel.mesh_from_config(config.mesh)
+    try:
+        data, fsdp, tensor = (int(size) for size in flags.mesh.split(","))
+    except ValueError:
+        raise ValueError(f"--mesh {flags.mesh!r}: expected three sizes data,fsdp,tensor such as -1,1,4") from None
+    return parallel.make_mesh(data, fsdp, tensor)
 
 
 def evaluate(config, model_fields: list[str], flags) -> tuple[dict, list[dict]]:
@@ -175,6 +192,7 @@ def evaluate(config, model_fields: list[str], flags) -> tuple[dict, list[dict]]:
     builder = PromptBuilder(tokenizer, template, style=flags.prompt_style, system_message=system_message,
                             max_tokens=model_config.max_seq_len - max_new_tokens, long_prompts=flags.long_prompts)
     dtype = params_dtype(model_config, flags.params_dtype)
+    mesh = eval_mesh(config, flags)
     provenance = {
         "suite": flags.suite, "tasks": list(dict.fromkeys(example.task for example in examples)),
         "limit_per_task": flags.limit, "prompt_style": flags.prompt_style,
@@ -182,11 +200,11 @@ def evaluate(config, model_fields: list[str], flags) -> tuple[dict, list[dict]]:
         "decode": {"method": "greedy", "batch_size": flags.batch_size}, "max_new_tokens": max_new_tokens,
         "long_prompts": flags.long_prompts, "model_config": dataclasses.asdict(model_config),
         "params": str(flags.params), "params_dtype": dtype, "tokenizer": str(config.data.tokenizer),
+        "mesh": dict(zip(parallel.MESH_AXES, mesh.devices.shape)),
     }
     journal_path = flags.journal or (f"{flags.output}.journal" if flags.output else None)
     journal = Journal(journal_path, provenance) if journal_path else None
-    mesh = parallel.mesh_from_config(config.mesh)
-    params = params_io.restore_params(flags.params, params_io.abstract_params(model_config, mesh, dtype=dtype))
+    params = params_io.restore_params(flags.params, abstract_decode_params(model_config, mesh, dtype=dtype))
     rows = evaluate_examples(params, model_config, tokenizer, builder, examples, max_new_tokens=max_new_tokens,
                              batch_size=flags.batch_size, mesh=mesh, journal=journal,
                              progress=not flags.no_progress)

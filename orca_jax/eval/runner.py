@@ -20,6 +20,7 @@ import jax
 import tqdm
 from jax.sharding import Mesh
 
+from orca_jax import parallel
 from orca_jax.data.tokenizer import Tokenizer
 from orca_jax.eval import scoring
 from orca_jax.eval.benchmarks import Example
@@ -94,13 +95,15 @@ class Journal:
 
 def evaluate_examples(params, model_config: ModelConfig, tokenizer: Tokenizer, builder: PromptBuilder,
                       examples: Sequence[Example], *, max_new_tokens: int, batch_size: int,
-                      mesh: Mesh | None = None, journal: Journal | None = None,
-                      progress: bool = False, on_task_done: Callable[[str, list[dict]], None] | None = None,
-                      ) -> list[dict]:
+                      mesh: Mesh | None = None, axis_rules=parallel.DECODE_AXIS_RULES,
+                      journal: Journal | None = None, progress: bool = False,
+                      on_task_done: Callable[[str, list[dict]], None] | None = None) -> list[dict]:
     """Scored rows for `examples`, task by task, in their order (see the module docstring).
 
     Each row: benchmark, task, index, prompt, options, gold, response, extracted, correct, skipped,
-    truncated.
+    truncated. `params` and `axis_rules` as `generate.greedy_generate` takes them: pass parameters
+    already prepared (`generate.prepare_params`, or restored into `generate.abstract_decode_params`)
+    so that no task casts or re-lays them out again.
     """
     by_task: dict[str, list[Example]] = {}
     for example in examples:
@@ -113,9 +116,11 @@ def evaluate_examples(params, model_config: ModelConfig, tokenizer: Tokenizer, b
             if journal is not None and task in journal.done:
                 task_rows = journal.done[task]
             else:
+                done_before = bar.n
                 task_rows = _evaluate_task(params, model_config, tokenizer, builder, task_examples,
                                            max_new_tokens=max_new_tokens, batch_size=batch_size, mesh=mesh,
-                                           on_batch_done=bar.update)
+                                           axis_rules=axis_rules,
+                                           on_batch_done=lambda done: bar.update(done_before + done - bar.n))
                 if journal is not None:
                     journal.record(task, task_rows)
             bar.n = len(rows) + len(task_rows)
@@ -130,7 +135,7 @@ def evaluate_examples(params, model_config: ModelConfig, tokenizer: Tokenizer, b
 
 def _evaluate_task(params, model_config: ModelConfig, tokenizer: Tokenizer, builder: PromptBuilder,
                    examples: Sequence[Example], *, max_new_tokens: int, batch_size: int, mesh: Mesh | None,
-                   on_batch_done: Callable[[int], None]) -> list[dict]:
+                   axis_rules, on_batch_done: Callable[[int], None]) -> list[dict]:
     prompts = [builder.build(example) for example in examples]
     decodable = [index for index, prompt in enumerate(prompts) if not prompt.skipped]
     responses = [""] * len(examples)
@@ -138,7 +143,7 @@ def _evaluate_task(params, model_config: ModelConfig, tokenizer: Tokenizer, buil
         continuations = greedy_generate(params, model_config, [prompts[i].tokens for i in decodable],
                                         max_new_tokens=max_new_tokens, eos_id=tokenizer.eos_id,
                                         pad_id=tokenizer.pad_id, batch_size=batch_size, mesh=mesh,
-                                        on_batch_done=on_batch_done)
+                                        axis_rules=axis_rules, on_batch_done=on_batch_done)
         for index, ids in zip(decodable, continuations):
             responses[index] = tokenizer.decode(ids)
     rows = []

@@ -372,7 +372,8 @@ def _last_line(text: str, space: _Space) -> str | None:
     if not lines:
         return None
     start, end = lines[-1]
-    if answer_phrases.truncated(text):
+    # Free text (a word list, brackets) has no closing punctuation to judge a cut-off by.
+    if space.kind != "text" and answer_phrases.truncated(text):
         return None
     if space.kind != "text":
         for marker in list(_CONCLUSION.finditer(text, start, end))[-MAX_STATEMENTS:][::-1]:
