@@ -1,4 +1,5 @@
-"""Reading JSON Lines (optionally gzipped) one object at a time, with errors that name file and line."""
+"""JSON Lines (optionally gzipped), read one object at a time with errors that name file and line: the one
+JSONL reader every layer uses (teacher data, benchmark files, metrics, the demo)."""
 
 from __future__ import annotations
 

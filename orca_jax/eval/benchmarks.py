@@ -23,7 +23,7 @@ import pathlib
 import string
 from collections.abc import Sequence
 
-from orca_jax.data.construct.jsonl import RecordFormatError, read_objects, require_strings
+from orca_jax.data.jsonl import RecordFormatError, read_objects, require_strings
 
 BBH_FREE_FORM_TASKS = ("dyck_languages", "multistep_arithmetic_two", "object_counting", "word_sorting")
 BBH_ALL_TASKS = (

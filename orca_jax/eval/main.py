@@ -37,7 +37,7 @@ import jax
 
 from orca_jax import parallel
 from orca_jax.config import parse_config_args
-from orca_jax.data.construct.jsonl import RecordFormatError, read_objects
+from orca_jax.data.jsonl import RecordFormatError, read_objects
 from orca_jax.data.templates import get_template
 from orca_jax.data.tokenizer import Tokenizer
 from orca_jax.eval import benchmarks

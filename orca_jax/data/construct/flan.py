@@ -15,7 +15,7 @@ import pathlib
 from collections.abc import Iterator, Sequence
 from typing import NamedTuple
 
-from orca_jax.data.construct.jsonl import RecordFormatError, read_objects
+from orca_jax.data.jsonl import RecordFormatError, read_objects
 
 _PARQUET_BATCH_ROWS = 8192
 

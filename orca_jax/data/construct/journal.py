@@ -12,7 +12,7 @@ import json
 import os
 import pathlib
 
-from orca_jax.data.construct.jsonl import read_objects, require_strings
+from orca_jax.data.jsonl import read_objects, require_strings
 
 _TAIL_CHUNK = 1 << 16
 

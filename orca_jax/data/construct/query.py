@@ -19,7 +19,7 @@ from collections.abc import Iterator, Set
 from tqdm import tqdm
 
 from orca_jax.data.construct.journal import Journal
-from orca_jax.data.construct.jsonl import read_objects, require_strings
+from orca_jax.data.jsonl import read_objects, require_strings
 from orca_jax.data.construct.ratelimit import RateLimiter
 from orca_jax.data.construct.teacher import Answer, ChatClient, TeacherConfig, ask
 
