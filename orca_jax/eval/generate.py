@@ -30,7 +30,10 @@ the design keeps it to that.
   training rules would gather every weight for every token); rows split over 'data' and 'fsdp'.
   `abstract_decode_params` describes parameters in that layout and dtype for a direct restore.
 
-The token choice is one small function (`greedy_token`): a sampler replaces it in `decode_loop`.
+The token choice is one small function (`greedy_token`): a sampler (`sampling.Sampler`) replaces it in
+`decode_loop`, drawing with per-row PRNG keys carried in `DecodeState.rng` (None for greedy decoding,
+whose program is unchanged). `ChunkedDecoder` runs the same prefill and loop a few steps per call, so
+a host can stream tokens or stop rows between calls (chat, stop strings) without recompiling per token.
 """
 
 from __future__ import annotations
@@ -161,12 +164,16 @@ class DecodeState(NamedTuple):
     """bool [batch]: rows that emitted EOS (or were filler rows from the start)."""
     generated: jax.Array
     """int32 [batch, max_new_tokens]: the tokens so far, pad_id after a row's EOS."""
+    rng: jax.Array | None = None
+    """PRNG keys [batch] of a sampled decode (None when greedy); step s draws with fold_in(key, s), so
+    the keys never change and a row's draws do not depend on how the steps are chunked."""
 
 
-def greedy_token(logits: jax.Array, pad_id: jax.Array) -> jax.Array:
+def greedy_token(logits: jax.Array, pad_id: jax.Array, keys: jax.Array | None = None) -> jax.Array:
     """The next token of each row from its float32 [batch, vocab] logits: the argmax, never pad_id.
 
-    (The pad id is no word: sentencepiece cannot decode it and training never targets it.)
+    (The pad id is no word: sentencepiece cannot decode it and training never targets it.) `keys` is
+    ignored: the signature is that of every `choose_token`.
     """
     is_pad = jnp.arange(logits.shape[-1]) == pad_id
     return jnp.argmax(jnp.where(is_pad, -jnp.inf, logits), axis=-1).astype(jnp.int32)
@@ -174,11 +181,12 @@ def greedy_token(logits: jax.Array, pad_id: jax.Array) -> jax.Array:
 
 def decode_loop(model: Llama, params, state: DecodeState, prompt_lengths: jax.Array, eos_id: jax.Array,
                 pad_id: jax.Array, *, attend_length: int, end_step: int | jax.Array,
-                choose_token: Callable[[jax.Array, jax.Array], jax.Array] = greedy_token) -> DecodeState:
+                choose_token: Callable[..., jax.Array] = greedy_token) -> DecodeState:
     """Generate from `state` until step `end_step` (exclusive) or every row has finished, each step
     attending over the cache's first `attend_length` slots (which must cover every slot the steps fill).
 
-    choose_token(logits [batch, vocab] float32, pad_id) -> int32 [batch] picks each step's tokens.
+    choose_token(logits [batch, vocab] float32, pad_id, keys) -> int32 [batch] picks each step's tokens;
+    keys are the rows' keys for this step (None when `state.rng` is None).
     """
     batch = state.fed_token.shape[0]
 
@@ -191,17 +199,60 @@ def decode_loop(model: Llama, params, state: DecodeState, prompt_lengths: jax.Ar
         logits, cache = model.apply({"params": params}, state.fed_token[:, None], position[:, None],
                                     jnp.ones((batch, 1), jnp.int32), cache=state.cache,
                                     attend_length=attend_length)
-        next_token = jnp.where(state.finished, pad_id, choose_token(logits[:, 0], pad_id))
+        keys = None if state.rng is None else jax.vmap(jax.random.fold_in, in_axes=(0, None))(state.rng, state.step)
+        next_token = jnp.where(state.finished, pad_id, choose_token(logits[:, 0], pad_id, keys))
         generated = jax.lax.dynamic_update_slice_in_dim(state.generated, next_token[:, None], state.step, axis=1)
-        return DecodeState(state.step + 1, next_token, cache, state.finished | (next_token == eos_id), generated)
+        return DecodeState(state.step + 1, next_token, cache, state.finished | (next_token == eos_id), generated,
+                           state.rng)
 
     return jax.lax.while_loop(keep_going, decode_one_token, state)
 
 
+def _prefill(model: Llama, model_config: ModelConfig, params, prompt_tokens: jax.Array,
+             prompt_lengths: jax.Array, pad_id: jax.Array, rng: jax.Array | None, *, max_new_tokens: int,
+             buckets: tuple[int, ...]) -> DecodeState:
+    """A fresh cache with every prompt token but the last in it: the loop's first state."""
+    batch, prompt_width = prompt_tokens.shape
+    # Slots for the prompt and every fed token; the last new token is never fed back.
+    cache = init_cache(model_config, batch, prompt_width + max_new_tokens - 1)
+    columns = jnp.arange(prompt_width, dtype=jnp.int32)[None, :]
+    first_real_column = (prompt_width - prompt_lengths)[:, None]
+    is_real = columns >= first_real_column
+    prompt_positions = jnp.where(is_real, columns - first_real_column, 0)
+    if prompt_width > 1:
+        # Every prompt token but the last goes into the cache at once; the loop feeds the last one.
+        _, cache = model.apply({"params": params}, prompt_tokens[:, :-1], prompt_positions[:, :-1],
+                               is_real[:, :-1].astype(jnp.int32), cache=cache,
+                               attend_length=bucket_for(prompt_width - 1, buckets))
+    # Rows with an empty prompt only fill the batch up to its compiled size: they start finished,
+    # and whatever they compute is discarded.
+    return DecodeState(jnp.int32(0), prompt_tokens[:, -1], cache, prompt_lengths == 0,
+                       jnp.full((batch, max_new_tokens), pad_id, jnp.int32), rng)
+
+
+def _decode_segments(model: Llama, params, state: DecodeState, prompt_lengths: jax.Array, eos_id: jax.Array,
+                     pad_id: jax.Array, *, prompt_width: int, max_new_tokens: int, buckets: tuple[int, ...],
+                     choose_token, end_step: jax.Array | None = None) -> DecodeState:
+    """Run the loop bucket by bucket up to `end_step` (default: max_new_tokens). A segment whose steps
+    are all done already (a later chunk of a chunked decode) runs no iteration."""
+    # Step s writes slot prompt_width - 1 + s, so it fits a bucket b while prompt_width + s <= b.
+    segment_start = 0
+    for bucket in buckets:
+        segment_end = min(bucket - prompt_width + 1, max_new_tokens)
+        if segment_end <= segment_start:
+            continue
+        stop = segment_end if end_step is None else jnp.minimum(segment_end, end_step)
+        state = decode_loop(model, params, state, prompt_lengths, eos_id, pad_id, attend_length=bucket,
+                            end_step=stop, choose_token=choose_token)
+        segment_start = segment_end
+    return state
+
+
 def decode_program(model_config: ModelConfig, max_new_tokens: int, min_bucket: int = MIN_ATTEND_BUCKET,
-                   axis_rules=parallel.DECODE_AXIS_RULES):
-    """decode(params, prompt_tokens, prompt_lengths, eos_id, pad_id) -> (generated, steps): the
+                   axis_rules=parallel.DECODE_AXIS_RULES, choose_token=greedy_token):
+    """decode(params, prompt_tokens, prompt_lengths, eos_id, pad_id, rng=None) -> (generated, steps): the
     function greedy_decode_batch jits (also lowered on abstract inputs by benchmarks/decode_fit.py).
+    `rng` (PRNG keys [batch], `sampling.row_keys`) goes with a sampling `choose_token`.
 
     The model's logical constraints resolve through `axis_rules`, applied while the function traces
     (so they belong to the function, not to whatever rules a caller has active), and take effect
@@ -210,39 +261,16 @@ def decode_program(model_config: ModelConfig, max_new_tokens: int, min_bucket: i
     model = Llama(model_config)
 
     def decode(params, prompt_tokens: jax.Array, prompt_lengths: jax.Array, eos_id: jax.Array,
-               pad_id: jax.Array):
+               pad_id: jax.Array, rng: jax.Array | None = None):
         with nn.logical_axis_rules(axis_rules):
-            return _decode(params, prompt_tokens, prompt_lengths, eos_id, pad_id)
-
-    def _decode(params, prompt_tokens, prompt_lengths, eos_id, pad_id):
-        batch, prompt_width = prompt_tokens.shape
-        # Slots for the prompt and every fed token; the last new token is never fed back.
-        cache_length = prompt_width + max_new_tokens - 1
-        buckets = attend_buckets(cache_length, min_bucket)
-        cache = init_cache(model_config, batch, cache_length)
-        columns = jnp.arange(prompt_width, dtype=jnp.int32)[None, :]
-        first_real_column = (prompt_width - prompt_lengths)[:, None]
-        is_real = columns >= first_real_column
-        prompt_positions = jnp.where(is_real, columns - first_real_column, 0)
-        if prompt_width > 1:
-            # Every prompt token but the last goes into the cache at once; the loop feeds the last one.
-            _, cache = model.apply({"params": params}, prompt_tokens[:, :-1], prompt_positions[:, :-1],
-                                   is_real[:, :-1].astype(jnp.int32), cache=cache,
-                                   attend_length=bucket_for(prompt_width - 1, buckets))
-        # Rows with an empty prompt only fill the batch up to its compiled size: they start finished,
-        # and whatever they compute is discarded.
-        state = DecodeState(jnp.int32(0), prompt_tokens[:, -1], cache, prompt_lengths == 0,
-                            jnp.full((batch, max_new_tokens), pad_id, jnp.int32))
-        # Step s writes slot prompt_width - 1 + s, so it fits a bucket b while prompt_width + s <= b.
-        segment_start = 0
-        for bucket in buckets:
-            segment_end = min(bucket - prompt_width + 1, max_new_tokens)
-            if segment_end <= segment_start:
-                continue
-            state = decode_loop(model, params, state, prompt_lengths, eos_id, pad_id,
-                                attend_length=bucket, end_step=segment_end)
-            segment_start = segment_end
-        return state.generated, state.step
+            prompt_width = prompt_tokens.shape[1]
+            buckets = attend_buckets(prompt_width + max_new_tokens - 1, min_bucket)
+            state = _prefill(model, model_config, params, prompt_tokens, prompt_lengths, pad_id, rng,
+                             max_new_tokens=max_new_tokens, buckets=buckets)
+            state = _decode_segments(model, params, state, prompt_lengths, eos_id, pad_id,
+                                     prompt_width=prompt_width, max_new_tokens=max_new_tokens,
+                                     buckets=buckets, choose_token=choose_token)
+            return state.generated, state.step
 
     return decode
 
@@ -335,10 +363,7 @@ def greedy_generate(params, model_config: ModelConfig, prompts: Sequence[Sequenc
     longest_allowed = model_config.max_seq_len - max_new_tokens
     by_bucket: dict[int, list[int]] = {}
     for index, prompt in enumerate(prompts):
-        if not 0 < len(prompt) <= longest_allowed:
-            raise ValueError(
-                f"prompt {index} has {len(prompt)} tokens; it must have 1..{longest_allowed} so that "
-                f"{max_new_tokens} new tokens fit in max_seq_len={model_config.max_seq_len}")
+        check_prompt_fits(index, len(prompt), model_config, max_new_tokens)
         by_bucket.setdefault(prompt_bucket(len(prompt), longest_allowed), []).append(index)
 
     params = prepare_params(params, model_config, mesh, params_dtype, rules)
@@ -363,7 +388,151 @@ def greedy_generate(params, model_config: ModelConfig, prompts: Sequence[Sequenc
     return continuations
 
 
+def check_prompt_fits(index: int, length: int, model_config: ModelConfig, max_new_tokens: int) -> None:
+    """A prompt must leave room for max_new_tokens in the model's window (ValueError naming it if not)."""
+    longest_allowed = model_config.max_seq_len - max_new_tokens
+    if not 0 < length <= longest_allowed:
+        raise ValueError(
+            f"prompt {index} has {length} tokens; it must have 1..{longest_allowed} so that "
+            f"{max_new_tokens} new tokens fit in max_seq_len={model_config.max_seq_len}")
+
+
 def _cut_at_eos(generated: np.ndarray, eos_id: int) -> list[int]:
     hits = np.flatnonzero(generated == eos_id)
     end = int(hits[0]) if hits.size else len(generated)
     return generated[:end].tolist()
+
+
+# ---- Chunked decoding: the same prefill and loop, a few steps per call -------------------------
+
+@functools.lru_cache(maxsize=16)
+def _chunk_programs(model_config: ModelConfig, max_new_tokens: int, min_bucket: int, axis_rules: tuple,
+                    choose_token):
+    """(start, advance), jitted: start is `_prefill`; advance(params, state, prompt_lengths, eos_id,
+    pad_id, end_step) runs the bucketed loop up to the traced `end_step`, so one compilation per batch
+    shape serves every chunk. The state is donated: its cache is updated in place across calls."""
+    model = Llama(model_config)
+
+    def start(params, prompt_tokens, prompt_lengths, pad_id, rng):
+        with nn.logical_axis_rules(axis_rules):
+            buckets = attend_buckets(prompt_tokens.shape[1] + max_new_tokens - 1, min_bucket)
+            return _prefill(model, model_config, params, prompt_tokens, prompt_lengths, pad_id, rng,
+                            max_new_tokens=max_new_tokens, buckets=buckets)
+
+    def advance(params, state: DecodeState, prompt_lengths, eos_id, pad_id, end_step):
+        with nn.logical_axis_rules(axis_rules):
+            cache_length = state.cache.key.shape[3]
+            prompt_width = cache_length - max_new_tokens + 1
+            return _decode_segments(model, params, state, prompt_lengths, eos_id, pad_id,
+                                    prompt_width=prompt_width, max_new_tokens=max_new_tokens,
+                                    buckets=attend_buckets(cache_length, min_bucket),
+                                    choose_token=choose_token, end_step=end_step)
+
+    # CPU buffers cannot be donated (jax would warn on every call); accelerators update in place.
+    donate = () if jax.default_backend() == "cpu" else (1,)
+    return jax.jit(start), jax.jit(advance, donate_argnums=donate)
+
+
+class ChunkedDecoder:
+    """Decode padded batches `steps` tokens per call, for hosts that read tokens as they come (chat
+    streaming) or end rows early (stop strings), with the evaluation's prefill, loop and token choice:
+    greedy decoding gives exactly `greedy_generate`'s tokens, and a sampler's draws depend only on each
+    row's key and step, not on the chunking.
+
+    Parameters are cast and laid out once (see `greedy_decode_batch`). On a mesh, rows split over the
+    mesh axes of 'batch' (so a batch must divide over them).
+    """
+
+    def __init__(self, params, model_config: ModelConfig, *, max_new_tokens: int, eos_id: int, pad_id: int,
+                 choose_token=greedy_token, mesh: Mesh | None = None, params_dtype=None,
+                 min_bucket: int = MIN_ATTEND_BUCKET, axis_rules=parallel.DECODE_AXIS_RULES):
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens={max_new_tokens} must be positive")
+        self.model_config, self.max_new_tokens = model_config, max_new_tokens
+        self.eos_id, self.pad_id, self.mesh = eos_id, pad_id, mesh
+        self.rules = _rules_key(axis_rules)
+        self.params = prepare_params(params, model_config, mesh, params_dtype, self.rules)
+        self._start, self._advance = _chunk_programs(model_config, max_new_tokens, min_bucket, self.rules,
+                                                     choose_token)
+
+    def _placed(self, array, logical: tuple[str, ...]):
+        if self.mesh is None:
+            return array
+        return jax.device_put(array, parallel.logical_sharding(self.mesh, logical, rules=self.rules))
+
+    def _run(self, function, *args):
+        if self.mesh is None:
+            return function(*args)
+        with parallel.activate(self.mesh, rules=self.rules):
+            return function(*args)
+
+    def start(self, prompts: Sequence[Sequence[int]], rng: jax.Array | None = None,
+              batch_size: int | None = None) -> ChunkedRun:
+        """Prefill `prompts` (padded with empty rows to `batch_size`, default their number, so a fixed
+        batch size reuses one compiled shape per prompt bucket). `rng`: one key per prompt
+        (`sampling.row_keys`), required by a sampler."""
+        batch_size = len(prompts) if batch_size is None else batch_size
+        if not 0 < len(prompts) <= batch_size:
+            raise ValueError(f"{len(prompts)} prompts for a batch of {batch_size}")
+        for index, prompt in enumerate(prompts):
+            check_prompt_fits(index, len(prompt), self.model_config, self.max_new_tokens)
+        width = prompt_bucket(max(map(len, prompts)), self.model_config.max_seq_len - self.max_new_tokens)
+        tokens = np.full((batch_size, width), self.pad_id, np.int32)
+        lengths = np.zeros((batch_size,), np.int32)
+        for row, prompt in enumerate(prompts):
+            tokens[row, width - len(prompt):] = prompt
+            lengths[row] = len(prompt)
+        if self.mesh is not None:
+            batch_axes = parallel.logical_to_spec(("batch",), rules=self.rules)[0]
+            parallel.check_divisible("batch size", batch_size, self.mesh, batch_axes)
+        if rng is not None and batch_size > len(prompts):
+            # Filler rows never draw (they start finished), but the carry needs a key per row.
+            rng = jnp.concatenate([rng, jnp.repeat(rng[:1], batch_size - len(prompts))])
+        lengths = self._placed(lengths, ("batch",))
+        state = self._run(self._start, self.params, self._placed(tokens, ("batch", "length")), lengths,
+                          self.pad_id, None if rng is None else self._placed(rng, ("batch",)))
+        return ChunkedRun(self, state, lengths, len(prompts))
+
+
+class ChunkedRun:
+    """One batch being decoded by a `ChunkedDecoder`; the host reads it between `advance` calls."""
+
+    def __init__(self, decoder: ChunkedDecoder, state: DecodeState, prompt_lengths: jax.Array, rows: int):
+        self.decoder, self.state, self.prompt_lengths, self.rows = decoder, state, prompt_lengths, rows
+        self._read()
+
+    def _read(self) -> None:
+        self.step = int(self.state.step)
+        self.finished = np.asarray(self.state.finished)[:self.rows]
+        self._generated = None
+
+    @property
+    def done(self) -> bool:
+        return self.step >= self.decoder.max_new_tokens or bool(self.finished.all())
+
+    def advance(self, steps: int) -> None:
+        """Decode up to `steps` more tokens (fewer when every row finishes or max_new_tokens is reached)."""
+        end = min(self.step + steps, self.decoder.max_new_tokens)
+        decoder = self.decoder
+        self.state = decoder._run(decoder._advance, decoder.params, self.state, self.prompt_lengths,
+                                  decoder.eos_id, decoder.pad_id, end)
+        self._read()
+
+    def tokens(self) -> list[list[int]]:
+        """Each prompt's tokens so far, cut before its EOS (or where `stop` ended it: pad ids follow)."""
+        if self._generated is None:
+            self._generated = np.asarray(self.state.generated)
+        ends = np.isin(self._generated[:self.rows, :self.step], (self.decoder.eos_id, self.decoder.pad_id))
+        return [row[:int(np.argmax(end)) if end.any() else self.step].tolist()
+                for row, end in zip(self._generated[:self.rows], ends)]
+
+    def stop(self, rows: Sequence[int]) -> None:
+        """End these rows now (a stop string was seen): they generate nothing more, and the loop ends
+        once every row has stopped."""
+        if not len(rows):
+            return
+        mask = np.zeros(self.state.finished.shape, bool)
+        mask[np.asarray(rows)] = True
+        finished = self.state.finished | self.decoder._placed(mask, ("batch",))
+        self.state = self.state._replace(finished=finished)
+        self._read()
