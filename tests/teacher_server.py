@@ -10,6 +10,9 @@ first attempts of a question get the faults listed for it, later attempts succee
     "slow"       the reply comes after `slow_s` seconds (longer than the client's timeout)
     "malformed"  200 with a truncated JSON body
     "drop"       the connection is closed without any reply
+    "500long"    a 500 whose body echoes the key so that it straddles character 200 (a cut-then-redact
+                 client would write its first 12 characters)
+    "malformed_key"  200 with a truncated JSON body holding the key across character 200
 """
 
 from __future__ import annotations
@@ -22,7 +25,14 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 
-FAULTS = ("429", "500", "slow", "malformed", "drop")
+FAULTS = ("429", "500", "slow", "malformed", "drop", "500long", "malformed_key")
+# Where a key echoed by "500long" / "malformed_key" starts: 12 characters before the 200-character cut.
+KEY_AT = 188
+
+
+def body_with_key_at(prefix: str, key: str, suffix: str) -> bytes:
+    """`prefix` + padding + key + `suffix`, the key starting at character KEY_AT."""
+    return (prefix + "x" * max(0, KEY_AT - len(prefix)) + key + suffix).encode("utf-8")
 
 
 def reply_for(question: str) -> str:
@@ -127,6 +137,12 @@ def _handler_for(server: TeacherServer):
                 return self._send_json(500, {"error": {"message": f"upstream failed ({authorization})"}})
             if fault == "malformed":
                 return self._send_json(200, b'{"choices": [{"message": {"content": "trunc')
+            if fault == "500long":
+                key = authorization.removeprefix("Bearer ")
+                return self._send_json(500, body_with_key_at('{"error": {"message": "upstream ', key, '"}}'))
+            if fault == "malformed_key":
+                key = authorization.removeprefix("Bearer ")
+                return self._send_json(200, body_with_key_at('{"choices": [{"message": {"content": "', key, ' tru'))
             if fault == "drop":
                 self.close_connection = True
                 self.connection.shutdown(socket.SHUT_RDWR)
@@ -143,3 +159,8 @@ def _handler_for(server: TeacherServer):
                 server.count_answer(question)
 
     return Handler
+
+
+def leaked_runs(text: str, key: str, run: int = 8) -> list[str]:
+    """The runs of `run` characters of `key` found in `text` (the tests want none)."""
+    return sorted({key[i:i + run] for i in range(len(key) - run + 1) if key[i:i + run] in text})

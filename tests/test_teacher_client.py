@@ -14,11 +14,12 @@ import pytest
 from orca_jax.config import load_config
 from orca_jax.data import records
 from orca_jax.data.construct.journal import Journal
-from orca_jax.data.construct.query import run_queries
+from orca_jax.data.construct.cli import main as construct_main
+from orca_jax.data.construct.query import ingest_batch, prepare_batch, run_queries
 from orca_jax.data.construct.ratelimit import RateLimiter
 from orca_jax.data.construct.system_messages import SYSTEM_MESSAGES
 from orca_jax.data.construct.teacher import TeacherConfig
-from teacher_server import FAULTS, TeacherServer, reply_for
+from teacher_server import FAULTS, KEY_AT, TeacherServer, leaked_runs, reply_for
 
 API_KEY = "sk-test-3f9c1e7d5b2a-do-not-leak"
 TIMEOUT_S = 0.3
@@ -194,3 +195,114 @@ def test_kill9_then_restart_answers_every_id_exactly_once(tmp_path, repo_root):
     assert len(list(records.validate_rows(records.read_jsonl(out), policy="error"))) == len(queries)
     for text in (first_stdout, first_stderr, second.stdout, second.stderr, out.read_text()):
         assert API_KEY not in text
+
+
+def test_a_key_echoed_across_the_excerpt_cut_is_never_written_in_part(tmp_path, repo_root, capfd):
+    # Long enough that a cut at 200 characters, made before redacting, would keep 12 of its characters.
+    key = "sk-proj-" + "Zq7Xw2Lm9Rt4Vb8Nc1Kd6Hs3Jf5Gp0Ya"
+    assert KEY_AT < 200 < KEY_AT + len(key)
+    queries = write_queries(tmp_path / "queries.jsonl", 4)
+    plan = {queries[0]["question"]: ["500long"] * MAX_ATTEMPTS, queries[1]["question"]: ["malformed_key"] * MAX_ATTEMPTS,
+            queries[2]["question"]: ["500long", "malformed_key"]}
+    with TeacherServer(key, plan) as server:
+        report = run_queries(tmp_path / "queries.jsonl", tmp_path / "answers.jsonl", tmp_path / "failed.jsonl",
+                             teacher_config(repo_root, server.base_url), key, show_progress=False)
+    assert (report.answered, report.failed) == (2, 2)
+    failed = (tmp_path / "failed.jsonl").read_text()
+    assert "[redacted]" in failed and "HTTP 500" in failed and "malformed reply" in failed
+    captured = capfd.readouterr()
+    for text in (failed, (tmp_path / "answers.jsonl").read_text(), captured.out, captured.err):
+        assert leaked_runs(text, key) == []
+
+
+def batch_output_line(custom_id: str, *, status: int = 200, body=None, error=None) -> dict:
+    response = None if error else {"status_code": status, "request_id": f"req-{custom_id}", "body": body}
+    return {"id": f"batch_req_{custom_id}", "custom_id": custom_id, "response": response, "error": error}
+
+
+def completion(text: str, finish_reason: str = "stop") -> dict:
+    return {"object": "chat.completion", "choices": [
+        {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish_reason}],
+        "usage": {"prompt_tokens": 10, "completion_tokens": 5}}
+
+
+def test_batch_prepare_writes_one_request_per_pending_query(tmp_path, repo_root):
+    queries = write_queries(tmp_path / "queries.jsonl", 7)
+    (tmp_path / "answers.jsonl").write_text(json.dumps(
+        {"id": "t0.0", "system_prompt": "", "question": "q", "response": "r", "teacher": "t", "finish_reason": "stop"}) + "\n")
+    config = teacher_config(repo_root, "https://api.example.invalid/v1")
+    result = prepare_batch(tmp_path / "queries.jsonl", tmp_path / "answers.jsonl", tmp_path / "failed.jsonl",
+                           tmp_path / "batch.jsonl", config, max_requests=4)
+    assert result["requests"] == 6 and result["already_done"] == 1
+    parts = [tmp_path / "batch.00001.jsonl", tmp_path / "batch.00002.jsonl"]
+    assert result["files"] == [str(path) for path in parts]
+    lines = [row for path in parts for row in read_jsonl(path)]
+    assert [len(read_jsonl(path)) for path in parts] == [4, 2]
+    assert [line["custom_id"] for line in lines] == [q["id"] for q in queries[1:]]
+    for line, query in zip(lines, queries[1:]):
+        assert (line["method"], line["url"]) == ("POST", "/v1/chat/completions")
+        body = line["body"]
+        assert body["model"] == "teacher-under-test" and body["max_tokens"] == config.max_tokens
+        assert body["messages"][-1] == {"role": "user", "content": query["question"]}
+        assert body["messages"][0] == {"role": "system", "content": query["system_prompt"]}
+
+
+def test_batch_ingest_is_exactly_once_validated_and_resumable(tmp_path, repo_root):
+    key = "sk-batch-" + "Ab3Cd5Ef7Gh9Ij1Kl3Mn5Op7Qr9"
+    queries = write_queries(tmp_path / "queries.jsonl", 8)
+    ids = [q["id"] for q in queries]
+    output = [
+        batch_output_line(ids[0], body=completion(reply_for(queries[0]["question"]))),
+        batch_output_line(ids[1], error={"code": "batch_expired", "message": "not run in 24 h"}),
+        batch_output_line(ids[2], status=500, body={"error": {"message": "x" * 190 + key}}),
+        batch_output_line(ids[3], body={"choices": []}),  # valid JSON, not a completion
+        batch_output_line(ids[4], body=completion("   ")),  # an empty answer is not kept
+        batch_output_line(ids[5], body=completion("answer five", "length")),
+        batch_output_line(ids[0], body=completion("a second answer to the same id")),  # must not be kept
+        batch_output_line(ids[6], body=completion("answer six")),
+    ]
+    lines = "".join(json.dumps(row) + "\n" for row in output)
+    config = teacher_config(repo_root, "https://api.example.invalid/v1")
+    paths = (tmp_path / "queries.jsonl", tmp_path / "answers.jsonl", tmp_path / "failed.jsonl")
+
+    # An ingest stopped part-way is followed by one of the whole file: nothing twice, nothing lost.
+    (tmp_path / "out.jsonl").write_text(lines[: lines.index("\n", len(lines) // 3) + 1])
+    first = ingest_batch(*paths, tmp_path / "out.jsonl", config, key)
+    (tmp_path / "out.jsonl").write_text(lines)
+    second = ingest_batch(*paths, tmp_path / "out.jsonl", config, key)
+    third = ingest_batch(*paths, tmp_path / "out.jsonl", config, key)
+    assert first["answered"] + first["failed"] + second["answered"] + second["failed"] == 7
+    assert (third["answered"], third["failed"], third["already_done"]) == (0, 0, 8)
+
+    answers = {a["id"]: a for a in read_jsonl(paths[1])}
+    failures = {f["id"]: f for f in read_jsonl(paths[2])}
+    assert len(read_jsonl(paths[1])) == len(answers) and len(read_jsonl(paths[2])) == len(failures)
+    assert set(answers) == {ids[0], ids[5], ids[6]} and set(failures) == {ids[1], ids[2], ids[3], ids[4]}
+    assert answers[ids[0]]["response"] == reply_for(queries[0]["question"])
+    assert answers[ids[5]]["finish_reason"] == "length"
+    assert failures[ids[1]]["reason"] == "batch error batch_expired: not run in 24 h"
+    assert failures[ids[2]]["reason"].startswith("HTTP 500")
+    assert failures[ids[3]]["reason"].startswith("malformed reply")
+    assert failures[ids[4]]["reason"].startswith("empty reply")
+    assert leaked_runs(paths[2].read_text(), key) == []
+    # What prepare-data reads: every answer a valid record.
+    assert len(list(records.validate_rows(records.read_jsonl(paths[1]), policy="error"))) == 3
+
+    # The failed ids (and the never-run id 7) go into the next batch when asked.
+    construct_main(["query", "--config", str(repo_root / "configs" / "construct.py"), "--batch", "prepare",
+                    "--retry-failed", "--input", str(paths[0]), "--out", str(paths[1]),
+                    "--failures", str(paths[2]), "--batch_input", str(tmp_path / "again.jsonl")])
+    assert [row["custom_id"] for row in read_jsonl(tmp_path / "again.jsonl")] == [ids[i] for i in (1, 2, 3, 4, 7)]
+
+
+def test_batch_ingest_rejects_a_foreign_output_file_before_writing(tmp_path, repo_root, capsys):
+    write_queries(tmp_path / "queries.jsonl", 2)
+    (tmp_path / "out.jsonl").write_text(
+        json.dumps(batch_output_line("t0.0", body=completion("fine"))) + "\n"
+        + json.dumps(batch_output_line("other.9", body=completion("from another batch"))) + "\n")
+    code = construct_main(["query", "--config", str(repo_root / "configs" / "construct.py"), "--batch", "ingest",
+                           "--input", str(tmp_path / "queries.jsonl"), "--out", str(tmp_path / "answers.jsonl"),
+                           "--batch_output", str(tmp_path / "out.jsonl")])
+    assert code == 2
+    assert "out.jsonl: line 2: custom_id 'other.9'" in capsys.readouterr().err
+    assert read_jsonl(tmp_path / "answers.jsonl") == []
