@@ -13,6 +13,12 @@ first attempts of a question get the faults listed for it, later attempts succee
     "500long"    a 500 whose body echoes the key so that it straddles character 200 (a cut-then-redact
                  client would write its first 12 characters)
     "malformed_key"  200 with a truncated JSON body holding the key across character 200
+    "429wait"    Too Many Requests with Retry-After: RETRY_AFTER_S (the client must wait that long)
+    "unparseable"  200 with a well-formed reply whose text is UNPARSEABLE_TEXT (no scores for a judge)
+
+`reply` (default `reply_for` of the user turn) makes the reply text from the messages, and
+`plan_key` the key the plan is looked up by (default the user turn), so tests/judge_server.py reuses
+this server as a judge.
 """
 
 from __future__ import annotations
@@ -23,9 +29,12 @@ import json
 import socket
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 FAULTS = ("429", "500", "slow", "malformed", "drop", "500long", "malformed_key")
+EXTRA_FAULTS = ("429wait", "unparseable")
+RETRY_AFTER_S = 0.4
+UNPARSEABLE_TEXT = "Both assistants did their best; I would rather not give numbers."
 # Where a key echoed by "500long" / "malformed_key" starts: 12 characters before the 200-character cut.
 KEY_AT = 188
 
@@ -48,15 +57,20 @@ class TeacherServer:
         plan: Mapping[str, Sequence[str]] | None = None,
         reply_delay_s: float = 0.0,
         slow_s: float = 1.0,
+        reply: Callable[[list], str] | None = None,
+        plan_key: Callable[[list], str] | None = None,
     ):
         plan = plan or {}
-        unknown = {fault for faults in plan.values() for fault in faults} - set(FAULTS)
+        unknown = {fault for faults in plan.values() for fault in faults} - set(FAULTS + EXTRA_FAULTS)
         if unknown:
             raise ValueError(f"unknown faults {unknown}; known: {FAULTS}")
         self.api_key = api_key
         self.plan = {question: list(faults) for question, faults in plan.items()}
         self.reply_delay_s = reply_delay_s
         self.slow_s = slow_s
+        self.reply = reply or (lambda messages: reply_for(messages[-1]["content"]))
+        self.plan_key = plan_key or (lambda messages: messages[-1]["content"])
+        self.request_times = collections.defaultdict(list)  # per plan key, time.monotonic() of each attempt
         self.lock = threading.Lock()
         self.requests = collections.Counter()  # per question, every attempt
         self.answers = collections.Counter()  # per question, 200 replies with a well-formed body
@@ -82,6 +96,7 @@ class TeacherServer:
         with self.lock:
             attempt = self.requests[question]
             self.requests[question] += 1
+            self.request_times[question].append(time.monotonic())
             faults = self.plan.get(question, ())
             fault = faults[attempt] if attempt < len(faults) else None
             if fault:
@@ -120,7 +135,7 @@ def _handler_for(server: TeacherServer):
             try:
                 request = json.loads(body)
                 messages = request["messages"]
-                question = messages[-1]["content"]
+                question = server.plan_key(messages)
                 request["model"]
             except (ValueError, KeyError, IndexError, TypeError):
                 return self._send_json(400, {"error": {"message": "bad request"}})
@@ -133,6 +148,8 @@ def _handler_for(server: TeacherServer):
         def _reply(self, fault, authorization, messages, question) -> None:
             if fault == "429":
                 return self._send_json(429, {"error": {"message": "rate limited"}}, {"Retry-After": "0"})
+            if fault == "429wait":
+                return self._send_json(429, {"error": {"message": "rate limited"}}, {"Retry-After": str(RETRY_AFTER_S)})
             if fault == "500":
                 return self._send_json(500, {"error": {"message": f"upstream failed ({authorization})"}})
             if fault == "malformed":
@@ -148,7 +165,7 @@ def _handler_for(server: TeacherServer):
                 self.connection.shutdown(socket.SHUT_RDWR)
                 return
             time.sleep(server.slow_s if fault == "slow" else server.reply_delay_s)
-            text = reply_for(question)
+            text = UNPARSEABLE_TEXT if fault == "unparseable" else server.reply(messages)
             prompt_chars = sum(len(message["content"]) for message in messages)
             self._send_json(200, {
                 "object": "chat.completion",
