@@ -5,6 +5,7 @@ Layout expected under a benchmarks directory (the public files; they are never c
 
     bbh/<task>.json        {"examples": [{"input": str, "target": str}, ...]}   (27 tasks)
     agieval/<task>.jsonl   one {"passage", "question", "options", "label", ...} per line
+    truthfulqa/mc_task.json  TruthfulQA's multiple-choice questions (read by truthfulqa.py)
 
 An `Example` keeps each field as its source writes it: BBH's input and target untouched, AGIEval's
 options as listed ("(A)5(√3 + 1)") and its label written "(C)". How a question becomes a prompt is
@@ -47,8 +48,11 @@ SUITES: dict[str, tuple[tuple[str, tuple[str, ...] | None], ...]] = {
     "bbh": (("bbh", None),),
     "agieval": (("agieval", None),),
     "demo": (("demo", None),),
+    # TruthfulQA's multiple-choice task (truthfulqa/mc_task.json): MC1 and MC2 by log-likelihood, or
+    # the paper's lettered-choice variant by generation (orca_jax/eval/truthfulqa.py).
+    "truthfulqa_mc": (("truthfulqa", None),),
 }
-BENCHMARKS = ("bbh", "agieval", "demo")
+BENCHMARKS = ("bbh", "agieval", "demo", "truthfulqa")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -185,6 +189,9 @@ def read_benchmark(name: str, directory: str | pathlib.Path, tasks: Sequence[str
         return [example for path in task_paths(directory, ".json", tasks) for example in read_bbh_task(path)]
     if name == "agieval":
         return [example for path in task_paths(directory, ".jsonl", tasks) for example in read_agieval_task(path)]
+    if name == "truthfulqa":
+        from orca_jax.eval import truthfulqa  # it builds on this module's Example: imported here, not above
+        return truthfulqa.read_lettered(directory)
     raise ValueError(f"unknown benchmark {name!r}; choose one of {list(BENCHMARKS)}")
 
 

@@ -4,12 +4,18 @@
         --config configs/orca_13b.py --output orca.jsonl --report orca.report.json
     orca-jax evaluate --suite orca --benchmarks_dir /data/benchmarks --list
     orca-jax evaluate --rescore orca.jsonl --output rescored.jsonl
+    orca-jax evaluate --suite truthfulqa_mc --method loglikelihood --params /ckpt/orca --benchmarks_dir /data/benchmarks
 
 Suites: `orca` (Orca's protocol: BBH's 23 multiple-choice tasks and AGIEval's 8 English ones),
-`bbh23`, `agieval_en`, `bbh` (all 27 files), `agieval`, `demo`. Zero-shot, greedy, an empty system
+`bbh23`, `agieval_en`, `bbh` (all 27 files), `agieval`, `demo`, `truthfulqa_mc`. Zero-shot, greedy, an empty system
 message unless `--system_message` names one (text, `empty`, or 1-16 for the paper's Table 2);
 `--prompt_style chat` (default) puts each benchmark's own prompt inside the model's chat template,
 `raw` gives it alone. docs/evaluation.md states every choice.
+
+`--method generate` (default) decodes a response and reads its answer; `--method loglikelihood` scores
+each option's log-likelihood after the same prompt and picks the likeliest (`--normalize` tokens or
+bytes divides by the option's length; eval/loglikelihood.py), and for `truthfulqa_mc` reports the
+authors' MC1 and MC2 with their own few-shot prompt (eval/truthfulqa.py).
 
 `--params` is a params directory (`orca-jax convert-weights` output, with model_config.json) or a
 training checkpoint's step directory (its model config is read from the checkpoint's meta item);
@@ -40,10 +46,10 @@ from orca_jax.config import parse_config_args
 from orca_jax.data.jsonl import RecordFormatError, read_objects
 from orca_jax.data.templates import get_template
 from orca_jax.data.tokenizer import Tokenizer
-from orca_jax.eval import benchmarks
+from orca_jax.eval import benchmarks, loglikelihood, truthfulqa
 from orca_jax.eval.generate import abstract_decode_params, decode_params_dtype
 from orca_jax.eval.prompts import LONG_PROMPT_POLICIES, PROMPT_STYLES, PromptBuilder, resolve_system_message
-from orca_jax.eval.report import build_report, format_report
+from orca_jax.eval.report import format_report
 from orca_jax.eval.runner import Journal, evaluate_examples, score_row
 from orca_jax.model import params_io
 from orca_jax.model.config import FLOAT_DTYPES, ModelConfig
@@ -52,6 +58,10 @@ DEFAULT_CONFIG = pathlib.Path(__file__).resolve().parents[2] / "configs" / "demo
 # Room for an explanation before the answer, and never more than a quarter of the window.
 LONGEST_DEFAULT_NEW_TOKENS = 512
 RESPONSE_FIELDS = ("benchmark", "task", "index", "options", "gold", "response")
+METHODS = ("generate", "loglikelihood")
+# Log-likelihood prompts leave this many tokens of the window to the option they are scored with; a
+# pair still too long loses the start of its prompt (loglikelihood.py).
+OPTION_ROOM = 64
 
 
 def default_max_new_tokens(model_config: ModelConfig) -> int:
@@ -79,7 +89,13 @@ def parse_args(argv: list[str]):
                         "the config's eval.max_new_tokens")
     parser.add_argument("--long_prompts", choices=LONG_PROMPT_POLICIES, default="truncate",
                         help="a prompt longer than the window: cut its passage from the left, or skip it")
-    parser.add_argument("--batch_size", type=int, default=16, help="prompts decoded together")
+    parser.add_argument("--method", choices=METHODS, default="generate",
+                        help="generate a response and read its answer, or pick the option of highest log-likelihood")
+    parser.add_argument("--normalize", choices=loglikelihood.NORMALIZATIONS, default="none",
+                        help="loglikelihood: divide each option's log-likelihood by its tokens or UTF-8 bytes")
+    parser.add_argument("--row_length", type=int, help="loglikelihood: slots per packed row; default max_seq_len")
+    parser.add_argument("--batch_size", type=int, default=16,
+                        help="prompts decoded together (generate), packed rows per forward pass (loglikelihood)")
     parser.add_argument("--params_dtype", default="compute",
                         help="'compute' (the model's compute dtype), 'stored' (its param_dtype), or a dtype")
     parser.add_argument("--mesh", help="data,fsdp,tensor sizes for decoding (-1: the rest); default the config's mesh")
@@ -193,8 +209,11 @@ def evaluate(config, model_fields: list[str], flags) -> tuple[dict, list[dict]]:
                             max_tokens=model_config.max_seq_len - max_new_tokens, long_prompts=flags.long_prompts)
     dtype = params_dtype(model_config, flags.params_dtype)
     mesh = eval_mesh(config, flags)
+    if flags.method == "loglikelihood":
+        return evaluate_loglikelihood(config, flags, model_config, tokenizer, examples, dtype, mesh)
     provenance = {
-        "suite": flags.suite, "tasks": list(dict.fromkeys(example.task for example in examples)),
+        "suite": flags.suite, "method": flags.method,
+        "tasks": list(dict.fromkeys(example.task for example in examples)),
         "limit_per_task": flags.limit, "prompt_style": flags.prompt_style,
         "system_message": builder.system_message, "template": template.name if flags.prompt_style == "chat" else None,
         "decode": {"method": "greedy", "batch_size": flags.batch_size}, "max_new_tokens": max_new_tokens,
@@ -208,10 +227,60 @@ def evaluate(config, model_fields: list[str], flags) -> tuple[dict, list[dict]]:
     rows = evaluate_examples(params, model_config, tokenizer, builder, examples, max_new_tokens=max_new_tokens,
                              batch_size=flags.batch_size, mesh=mesh, journal=journal,
                              progress=not flags.no_progress)
+    return finish(rows, provenance)
+
+
+def finish(rows: list[dict], provenance: dict) -> tuple[dict, list[dict]]:
     provenance.update(code_revision=code_revision(), jax_version=jax.__version__,
                       devices=f"{jax.device_count()} x {jax.devices()[0].device_kind}",
                       finished_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
-    return build_report(rows, provenance), rows
+    return truthfulqa.build_report(rows, provenance), rows
+
+
+def evaluate_loglikelihood(config, flags, model_config: ModelConfig, tokenizer: Tokenizer,
+                           examples: list[benchmarks.Example], dtype: str, mesh) -> tuple[dict, list[dict]]:
+    """(report, rows) by log-likelihood: BBH/AGIEval options after the benchmark's prompt, TruthfulQA's
+    MC1/MC2 after its authors' prompt. Parameters are laid out by the training rules (a forward pass
+    over full rows is compute-bound, like a train step)."""
+    row_length = flags.row_length or model_config.max_seq_len
+    if not 1 < row_length <= model_config.max_seq_len:
+        raise ValueError(f"--row_length {row_length} must be in 2..{model_config.max_seq_len} (max_seq_len)")
+    system_message = resolve_system_message(flags.system_message)
+    if system_message is None and flags.suite != "demo":
+        system_message = ""
+    template = get_template(config.data.template)
+    builder = PromptBuilder(tokenizer, template, style=flags.prompt_style, system_message=system_message,
+                            max_tokens=max(2, row_length - OPTION_ROOM), long_prompts=flags.long_prompts)
+    rules = parallel.LOGICAL_AXIS_RULES
+    scoring = {"row_length": row_length, "batch_rows": flags.batch_size, "mesh": mesh, "axis_rules": rules,
+               "params_dtype": dtype}
+    provenance = {
+        "suite": flags.suite, "method": flags.method,
+        "tasks": list(dict.fromkeys(example.task for example in examples)), "limit_per_task": flags.limit,
+        "prompt_style": flags.prompt_style, "system_message": builder.system_message,
+        "template": template.name if flags.prompt_style == "chat" else None,
+        "decode": {"method": "loglikelihood", "normalize": flags.normalize, "row_length": row_length,
+                   "batch_rows": flags.batch_size},
+        "long_prompts": flags.long_prompts, "model_config": dataclasses.asdict(model_config),
+        "params": str(flags.params), "params_dtype": dtype, "tokenizer": str(config.data.tokenizer),
+        "mesh": dict(zip(parallel.MESH_AXES, mesh.devices.shape)),
+    }
+    if any(example.benchmark == "truthfulqa" for example in examples):
+        provenance["truthfulqa_prompt"] = "the authors' QA primer (six-shot), raw; MC1 strict, MC2 normalised mass"
+    journal_path = flags.journal or (f"{flags.output}.journal" if flags.output else None)
+    journal = Journal(journal_path, provenance) if journal_path else None
+    params = params_io.restore_params(flags.params, abstract_decode_params(model_config, mesh, dtype=dtype,
+                                                                           axis_rules=rules))
+    choice_examples = [example for example in examples if example.benchmark != "truthfulqa"]
+    rows = loglikelihood.evaluate_choices(params, model_config, tokenizer, builder, choice_examples,
+                                          normalize=flags.normalize, journal=journal,
+                                          progress=not flags.no_progress, **scoring)
+    wanted = {example.index for example in examples if example.benchmark == "truthfulqa"}
+    if wanted:
+        path = pathlib.Path(flags.benchmarks_dir) / "truthfulqa" / truthfulqa.FILE_NAME
+        questions = [q for q in truthfulqa.read_mc_task(path) if q.index in wanted]
+        rows += truthfulqa.evaluate_mc(params, model_config, tokenizer, questions, **scoring)
+    return finish(rows, provenance)
 
 
 def read_responses(path: str | pathlib.Path) -> list[dict]:
@@ -241,7 +310,7 @@ def rescore(flags) -> tuple[dict, list[dict]]:
         if row.get("skipped"):
             row["correct"] = False  # a skipped prompt has no response to judge
     provenance = {"rescored": str(flags.rescore), "code_revision": code_revision()}
-    report = build_report(rows, provenance)
+    report = truthfulqa.build_report(rows, provenance)
     labelled = [row for row in rows if isinstance(row.get("label"), bool)]
     if labelled:
         # Hand-labelled responses (a person's verdict in `label`): how often the scorer agrees.
