@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "weight-diff": ("orca_jax.model.weight_diff", "make/apply a bit-exact diff of a fine-tune from its base (HF)"),
     "construct": ("orca_jax.data.construct.cli", "sample FLAN-v2 queries and ask a teacher model"),
     "evaluate": ("orca_jax.eval.main", "exact-match evaluation of a checkpoint"),
+    "lm-eval": ("orca_jax.eval.lm_eval_adapter", "run lm-evaluation-harness tasks on a params directory"),
     "judge": ("orca_jax.eval.judge", "a judge model compares answers to open-ended prompts with a reference's"),
 }
 

@@ -261,3 +261,56 @@ def test_prompt_readers_name_the_file_row_and_field(tmp_path):
         prompt_sets.load_prompt_set(tmp_path / "a.csv")
     (tmp_path / "g.jsonl").write_text('{"idx": 7, "instruction": "Do it.", "category": "x"}\n')
     assert prompt_sets.load_prompt_set(tmp_path / "g.jsonl") == [prompt_sets.Prompt("7", "Do it.", "x")]
+
+
+@pytest.mark.slow
+def test_candidate_answers_generated_and_reference_answers_fetched(tmp_path, monkeypatch):
+    """--params decodes the missing candidate answers (greedy, the chat template), --reference_model asks
+    the teacher client for the missing reference answers; both are appended once and then reused."""
+    import flax.linen as nn
+    import jax
+
+    from orca_jax import parallel
+    from orca_jax.data.templates import encode_prompt
+    from orca_jax.data.tokenizer import Tokenizer, train_tokenizer
+    from orca_jax.eval.generate import abstract_decode_params, greedy_generate
+    from orca_jax.model import llama, params_io
+    from orca_jax.model.config import ModelConfig
+    from teacher_server import TeacherServer, reply_for
+
+    data = write_set(tmp_path, 5)
+    (tmp_path / "candidate.jsonl").unlink()
+    # With --reference_model the file is the teacher client's journal (`construct query` records).
+    (tmp_path / "reference.jsonl").write_text(json.dumps(
+        {"id": "1", "system_prompt": "", "question": data["questions"][0]["text"], "response": data["reference"]["1"],
+         "teacher": "earlier", "finish_reason": "stop"}) + "\n")
+    texts = [row["text"] for row in data["questions"]] * 20 + ["The answer is short and plain."] * 20
+    tokenizer_path = train_tokenizer(texts, tmp_path / "tok", vocab_size=320)
+    tokenizer = Tokenizer.load(tokenizer_path)
+    model_config = ModelConfig(vocab_size=tokenizer.vocab_size, embed_dim=32, mlp_dim=64, num_layers=2, num_heads=4,
+                               num_kv_heads=2, head_dim=8, max_seq_len=128, compute_dtype="float32")
+    params = nn.unbox(llama.init_params(model_config, jax.random.PRNGKey(0)))
+    params_io.save_params(tmp_path / "params", params, model_config)
+
+    monkeypatch.setenv("ORCA_TEST_JUDGE_KEY", KEY)
+    args = ["--params", str(tmp_path / "params"), "--tokenizer", str(tokenizer_path), "--template", "orca",
+            "--max_new_tokens", "6", "--batch_size", "4", "--reference_model", "reference-under-test",
+            "--reference_api_key_env", "ORCA_TEST_JUDGE_KEY"]
+    with TeacherServer(KEY) as reference_server, judge_server(KEY) as server:
+        args += ["--reference_base_url", reference_server.base_url]
+        assert judge.main(judge_args(tmp_path, server.base_url, *args)) == 0
+        assert judge.main(judge_args(tmp_path, server.base_url, *args)) == 0  # everything is reused
+        assert sum(reference_server.requests.values()) == 4  # question 1's answer was there already
+        assert sum(server.requests.values()) == 10
+    candidate = [json.loads(line) for line in (tmp_path / "candidate.jsonl").read_text().splitlines()]
+    assert [row["question_id"] for row in candidate] == ["1", "2", "3", "4", "5"]
+    prompts = [encode_prompt(tokenizer, "orca", "", row["text"]) for row in data["questions"]]
+    mesh = parallel.make_mesh(-1, 1, 1)
+    restored = params_io.restore_params(tmp_path / "params", abstract_decode_params(model_config, mesh))
+    expected = greedy_generate(restored, model_config, prompts, max_new_tokens=6, eos_id=tokenizer.eos_id,
+                               pad_id=tokenizer.pad_id, batch_size=8, mesh=mesh)
+    assert [row["text"] for row in candidate] == [tokenizer.decode(ids) for ids in expected]
+    reference = judge.read_answers(tmp_path / "reference.jsonl")
+    assert reference["1"] == data["reference"]["1"]
+    assert all(reference[str(i)] == reply_for(data["questions"][i - 1]["text"]) for i in range(2, 6))
+    assert json.loads((tmp_path / "report.json").read_text())["overall"]["n"] == 5

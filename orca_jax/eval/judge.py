@@ -295,7 +295,8 @@ def generate_answers(prompts, flags, config, out_path: pathlib.Path) -> int:
 
 def fetch_reference_answers(prompts, flags, out_path: pathlib.Path) -> None:
     """The reference model's answers that `out_path` lacks, asked through the teacher client (rate limits,
-    retries, journal) with an empty system message; failures go to <out stem>.failed.jsonl."""
+    retries, journal) with an empty system message; failures go to <out stem>.failed.jsonl. `out_path` is
+    that client's journal, so it holds `construct query` records (id, question, response)."""
     queries = out_path.with_name(out_path.stem + ".queries.jsonl")
     queries.write_text("".join(json.dumps({"id": p.id, "system_prompt": "", "question": p.text}) + "\n"
                                for p in prompts), encoding="utf-8")
