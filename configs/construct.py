@@ -75,7 +75,8 @@ def get_config():
         "tokens_per_minute": 90_000.0,
         # Per-request socket timeout (connect and each read), seconds.
         "timeout_s": 120.0,
-        # Tries per query before it is recorded as failed.
+        # Tries per query before it is recorded as failed. This is the one retry policy: the openai SDK's
+        # own retries are off, so every attempt passes the rate limiter and is counted (Retry-After honoured).
         "max_attempts": 6,
         # Exponential backoff with full jitter: delay ~ U(0, min(max, initial * 2**retry)) seconds.
         "backoff_initial_s": 1.0,
