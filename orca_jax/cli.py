@@ -20,6 +20,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("orca_jax.eval.main", "exact-match evaluation of a checkpoint"),
     "lm-eval": ("orca_jax.eval.lm_eval_adapter", "run lm-evaluation-harness tasks on a params directory"),
     "judge": ("orca_jax.eval.judge", "a judge model compares answers to open-ended prompts with a reference's"),
+    "chat": ("orca_jax.eval.chat", "talk to saved parameters in the terminal, streaming the response"),
+    "generate": ("orca_jax.eval.generate_cli", "responses to a JSONL file of prompts (greedy or sampled)"),
 }
 
 
