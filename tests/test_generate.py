@@ -228,3 +228,48 @@ def test_bfloat16_model_decodes_with_weights_cast_once_to_bfloat16(params):
     kept = greedy_generate(params, config, prompts, params_dtype="float32", **kwargs)
     # The model casts each weight to bfloat16 at its matmul anyway: casting first changes no logit.
     assert cast == kept and all(len(tokens) == NEW_TOKENS for tokens in cast)
+
+
+@pytest.mark.parametrize("chunk", [1, 3, NEW_TOKENS])
+def test_chunked_decoder_gives_greedy_generate_tokens_across_buckets(params, chunk):
+    # min_bucket=8: a chunk's steps cross from one attention bucket into the next inside one call.
+    prompts = [random_prompt(seed, length) for seed, length in zip(range(100, 103), (14, 5, 9))]
+    kwargs = dict(max_new_tokens=NEW_TOKENS, eos_id=EOS_ID, pad_id=PAD_ID, min_bucket=8)
+    expected = greedy_generate(params, CONFIG, prompts, batch_size=3, **kwargs)
+    run = generate.ChunkedDecoder(params, CONFIG, **kwargs).start(prompts, batch_size=4)
+    calls = 0
+    while not run.done:
+        run.advance(chunk)
+        calls += 1
+    assert run.tokens() == expected
+    assert calls == -(-run.step // chunk)  # each call ran its full chunk until the loop ended
+
+
+def test_chunked_decoder_stops_rows_the_host_ends(params):
+    prompts = [random_prompt(seed, length) for seed, length in zip(range(110, 112), (6, 7))]
+    kwargs = dict(max_new_tokens=NEW_TOKENS, eos_id=UNREACHABLE_EOS, pad_id=PAD_ID)
+    full = greedy_generate(params, CONFIG, prompts, batch_size=2, **kwargs)
+    run = generate.ChunkedDecoder(params, CONFIG, **kwargs).start(prompts)
+    assert run.state.rng is None  # greedy decoding carries no keys
+    run.advance(2)
+    run.stop([0])
+    assert run.finished.tolist() == [True, False]
+    while not run.done:
+        run.advance(2)
+    assert run.tokens() == [full[0][:2], full[1]]
+    run = generate.ChunkedDecoder(params, CONFIG, **kwargs).start(prompts)
+    run.advance(3)
+    run.stop([0, 1])
+    assert run.done and run.step == 3
+
+
+def test_chunked_decoder_on_a_decode_mesh_matches_one_device(params):
+    mesh = parallel.make_mesh(data=2, fsdp=1, tensor=2, devices=jax.devices()[:4])
+    prompts = [random_prompt(seed, length) for seed, length in zip(range(120, 123), (5, 12, 8))]
+    kwargs = dict(max_new_tokens=NEW_TOKENS, eos_id=EOS_ID, pad_id=PAD_ID)
+    run = generate.ChunkedDecoder(params, CONFIG, mesh=mesh, **kwargs).start(prompts, batch_size=4)
+    while not run.done:
+        run.advance(3)
+    assert run.tokens() == greedy_generate(params, CONFIG, prompts, batch_size=3, **kwargs)
+    with pytest.raises(ValueError, match="batch size"):
+        generate.ChunkedDecoder(params, CONFIG, mesh=mesh, **kwargs).start(prompts)  # 3 rows over 2
