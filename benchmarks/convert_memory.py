@@ -30,7 +30,6 @@ import tempfile
 import time
 
 
-
 def write_random_checkpoint(directory: pathlib.Path, config_fields: dict, shard_mb: float) -> int:
     """A random bf16 HF checkpoint with these ModelConfig fields, in shards of about shard_mb.
 
@@ -42,8 +41,13 @@ def write_random_checkpoint(directory: pathlib.Path, config_fields: dict, shard_
     import numpy as np
 
     from orca_jax.model.config import ModelConfig
-    from orca_jax.model.hf_checkpoint import (TensorToWrite, hf_config_from_model, hf_name, write_hf_config,
-                                              write_safetensors)
+    from orca_jax.model.hf_checkpoint import (
+        TensorToWrite,
+        hf_config_from_model,
+        hf_name,
+        write_hf_config,
+        write_safetensors,
+    )
     from orca_jax.model.weight_layout import checkpoint_order
 
     config = ModelConfig(**config_fields)

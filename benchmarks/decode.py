@@ -175,8 +175,9 @@ def measure_fill(params, fill: int, steps: int, repeats: int, rng) -> dict:
     # One-step programs for XLA's byte counts (a while loop's cost analysis counts its body once at most).
     cache = holder["cache"]._replace(index=jnp.int32(first_slot))
     step_ours = jax.jit(lambda params, cache, token: model.apply(
-        {"params": params}, token[:, None], jnp.full((BATCH, 1), first_slot, jnp.int32), jnp.ones((BATCH, 1), jnp.int32),
-        cache=cache, attend_length=fill), donate_argnums=1).lower(params, cache, tokens).compile()
+        {"params": params}, token[:, None], jnp.full((BATCH, 1), first_slot, jnp.int32),
+        jnp.ones((BATCH, 1), jnp.int32), cache=cache, attend_length=fill), donate_argnums=1)
+    step_ours = step_ours.lower(params, cache, tokens).compile()
     step_reference = jax.jit(lambda params, keys, values, token: reference_step(
         params, keys, values, token, jnp.full((BATCH,), first_slot, jnp.int32), first_slot, fill),
         donate_argnums=(1, 2)).lower(params, cache.key, cache.value, tokens).compile()

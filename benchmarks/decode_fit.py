@@ -49,7 +49,8 @@ def compile_decode(model_config: ModelConfig, mesh, batch_size: int, prompt_widt
     replicated = NamedSharding(mesh, PartitionSpec())
     args = (params,
             jax.ShapeDtypeStruct((batch_size, prompt_width), jnp.int32, sharding=rows),
-            jax.ShapeDtypeStruct((batch_size,), jnp.int32, sharding=parallel.logical_sharding(mesh, ("batch",), rules=rules)),
+            jax.ShapeDtypeStruct((batch_size,), jnp.int32,
+                                 sharding=parallel.logical_sharding(mesh, ("batch",), rules=rules)),
             jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated),
             jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated))
     decode = jax.jit(generate.decode_program(model_config, max_new_tokens), out_shardings=(replicated, replicated))

@@ -27,8 +27,10 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from orca_jax import parallel
 from orca_jax.config import ConfigError, parse_config_args
-from orca_jax.flops import train_flops_per_step
-from orca_jax.model import Llama, ModelConfig, ModelConfigError
+from orca_jax.errors import UserError
+from orca_jax.model import Llama, ModelConfig
+from orca_jax.model.flops import train_flops_per_step
+from orca_jax.train.config import TrainConfig
 
 DEFAULT_CONFIG = str(pathlib.Path(__file__).resolve().parents[1] / "configs" / "llama_1b.py")
 
@@ -144,21 +146,21 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(rest)
     if args.steps < 1 or args.warmup < 0:
         parser.error("--steps must be >= 1 and --warmup >= 0")
-    if args.segments < 0 or (args.segments and config.seq_len % args.segments):
-        parser.error(f"--segments {args.segments} must be 0 or divide seq_len={config.seq_len}")
-
     try:
-        mesh = parallel.mesh_from_config(config.mesh)
-        base_model_config = ModelConfig.from_config(config.model)
-        model_configs = [base_model_config.replace(attention=name.strip())
-                         for name in (args.attention or base_model_config.attention).split(",")]
-    except (parallel.MeshShapeError, ModelConfigError) as err:
+        run = TrainConfig.from_config(config)
+        mesh = parallel.mesh_from_config(run.mesh)
+        model_configs = [run.model.replace(attention=name.strip())
+                         for name in (args.attention or run.model.attention).split(",")]
+    except UserError as err:
         parser.error(str(err))
+    batch_size, seq_len = run.data.batch_size, run.data.seq_len
+    if args.segments < 0 or (args.segments and seq_len % args.segments):
+        parser.error(f"--segments {args.segments} must be 0 or divide data.seq_len={seq_len}")
     peak = args.peak_tflops if args.peak_tflops is not None else default_peak_tflops(jax.devices()[0])
     results = []
     for model_config in model_configs:
         try:
-            result = run_one(model_config, mesh, config.batch_size, config.seq_len, args.segments,
+            result = run_one(model_config, mesh, batch_size, seq_len, args.segments,
                              args.steps, args.warmup, peak)
         except Exception as err:  # noqa: BLE001 - one kernel failing (OOM, no cuDNN) must not hide the others
             result = {"attention": model_config.attention, "segments": args.segments,

@@ -1,7 +1,7 @@
 """Does a training config fit a TPU slice? Compile its real train step for the slice, on this host.
 
     python benchmarks/tpu_fit.py --config configs/llama_13b.py --topology v5p:4x4x4 \
-        [--config.batch_size=256 --config.model.remat=save_dots ...] [--sweep_batch] [--out fit.jsonl]
+        [--config.data.batch_size=256 --config.model.remat=save_dots ...] [--sweep_batch] [--out fit.jsonl]
 
 No TPU is needed or contacted: libtpu (from `pip install "jax[tpu]"`, in a separate virtualenv so
 that it never loads in CPU test runs) describes the slice named by --topology, and XLA compiles the
@@ -39,8 +39,11 @@ from jax.sharding import AxisType  # noqa: E402
 
 from orca_jax import parallel  # noqa: E402
 from orca_jax.config import parse_config_args  # noqa: E402
+from orca_jax.data.packing import ROW_FIELDS  # noqa: E402
+from orca_jax.errors import UserError  # noqa: E402
 from orca_jax.model import ModelConfig, params_io  # noqa: E402
 from orca_jax.train import step  # noqa: E402
+from orca_jax.train.config import TrainConfig  # noqa: E402
 from orca_jax.train.optimizer import OptimizerConfig, make_optimizer  # noqa: E402
 
 GIB = 2**30
@@ -99,17 +102,12 @@ class FitJob:
     """The config's (data, fsdp, tensor) sizes; -1 means the rest of the slice."""
 
 
-def job_from_config(config) -> FitJob:
-    """Training configs (configs/orca_13b.py) keep the batch under `data` and an optimizer per stage,
-    of which the first stage's is used; model configs (configs/llama_13b.py) keep batch_size and
-    seq_len at the top and no optimizer, so its defaults apply (no gradient accumulation)."""
-    if "stages" in config:
-        batch_size, seq_len = config.data.batch_size, config.data.seq_len
-        optimizer = OptimizerConfig.from_config(config.stages[config.stage_order[0]].optimizer)
-    else:
-        batch_size, seq_len, optimizer = config.batch_size, config.seq_len, OptimizerConfig()
-    return FitJob(ModelConfig.from_config(config.model), optimizer, batch_size, seq_len,
-                  (config.mesh.data, config.mesh.fsdp, config.mesh.tensor))
+def job_from_config(run: TrainConfig) -> FitJob:
+    """The batch geometry of the run and its first stage's optimizer (a model-only config such as
+    configs/llama_13b.py has no stages: the optimizer defaults apply, no gradient accumulation)."""
+    optimizer = run.stages[0].optimizer if run.stages else OptimizerConfig()
+    return FitJob(run.model, optimizer, run.data.batch_size, run.data.seq_len,
+                  (run.mesh.data, run.mesh.fsdp, run.mesh.tensor))
 
 
 def compile_train_step(job: FitJob, mesh):
@@ -124,7 +122,7 @@ def compile_train_step(job: FitJob, mesh):
     state = step.abstract_state(params_io.abstract_params(job.model, mesh), optimizer, mesh)
     batch_sharding = parallel.batch_sharding(mesh)
     batch = {key: jax.ShapeDtypeStruct((job.batch_size, job.seq_len), BATCH_DTYPES[key], sharding=batch_sharding)
-             for key in step.BATCH_KEYS}
+             for key in ROW_FIELDS}
     train = step.CompiledSteps(job.model, optimizer, microbatches, mesh, state).jitted_train
     with parallel.activate(mesh):
         return train.lower(state, batch).compile()
@@ -199,7 +197,8 @@ def table(results: list[dict]) -> str:
     for r in results:
         mesh = "/".join(str(r["mesh"][axis]) for axis in parallel.MESH_AXES)
         rows.append((r["topology"], r["accelerator_type"], mesh, str(r["batch_size"]), f"{r['per_chip_batch']:g}",
-                     str(r["num_layers"]), r["remat"], r["attention"], gib(r.get("argument_bytes")), gib(r.get("output_bytes")),
+                     str(r["num_layers"]), r["remat"], r["attention"], gib(r.get("argument_bytes")),
+                     gib(r.get("output_bytes")),
                      gib(r.get("alias_bytes")), gib(r.get("temp_bytes")), gib(r.get("code_bytes")),
                      gib(r.get("total_bytes")), gib(r["hbm_bytes"]), "yes" if r["fits"] else "NO",
                      str(r["compile_seconds"])))
@@ -215,14 +214,14 @@ def main(argv: list[str]) -> int:
                         help="double the batch until it no longer fits (gradient accumulation off)")
     parser.add_argument("--out", help="append the JSON results to this file, one per line")
     args = parser.parse_args(rest)
-    job = job_from_config(config)
     try:
+        job = job_from_config(TrainConfig.from_config(config))
         if args.sweep_batch:
             results = sweep_batch(job, args.topology)
         else:
             results = [measure(job, args.topology)]
             print(json.dumps(results[0]), flush=True)
-    except (TopologyError, parallel.MeshShapeError) as err:
+    except (TopologyError, UserError) as err:
         print(f"tpu_fit: {err}", file=sys.stderr)
         return 2
     if args.out:

@@ -26,13 +26,14 @@ from orca_jax import parallel
 from orca_jax.config import load_config
 from orca_jax.data.tokenizer import Tokenizer
 from orca_jax.train import loop
-from orca_jax.train.main import prepare_demo
+from orca_jax.train.config import TrainConfig
+from orca_jax.train.demo import prepare_demo
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 NAMED_MODELS = {"tiny": REPO / "configs" / "tiny.py", "demo": REPO / "configs" / "demo.py"}
 
 
-def bench_config(args, model_spec: str, workdir: pathlib.Path, checkpoint_every: int):
+def bench_config(args, model_spec: str, workdir: pathlib.Path, checkpoint_every: int) -> TrainConfig:
     config = load_config(str(REPO / "configs" / "demo.py"))
     model = load_config(str(NAMED_MODELS.get(model_spec, model_spec))).model
     config.workdir = str(workdir)
@@ -50,14 +51,15 @@ def bench_config(args, model_spec: str, workdir: pathlib.Path, checkpoint_every:
     stage.optimizer.warmup_steps = 1
     config.checkpoint.update(every_steps=checkpoint_every, keep=2)
     config.log_every_steps = args.log_every
-    return config
+    config.eval.suite = ""  # the step and its checkpoints, not the benchmark decoding, are measured here
+    return TrainConfig.from_config(config)
 
 
-def measure(config, mesh) -> dict[str, float]:
+def measure(run: TrainConfig, mesh) -> dict[str, float]:
     """Mean of the loop's per-window rates (windows are equal, the first step is excluded)."""
-    tokenizer = Tokenizer.load(config.data.tokenizer)
-    loop.train(config, mesh, tokenizer)
-    records = [json.loads(line) for line in (pathlib.Path(config.workdir) / "metrics.jsonl").open()]
+    tokenizer = Tokenizer.load(run.data.tokenizer)
+    loop.train(run, mesh, tokenizer)
+    records = [json.loads(line) for line in (pathlib.Path(run.workdir) / "metrics.jsonl").open()]
     windows = [record for record in records if "tokens_per_second" in record]
     names = ("seconds_per_step", "tokens_per_second", "data_wait_fraction", "checkpoint_wait_fraction", "mfu")
     return {name: statistics.mean(w[name] for w in windows) for name in names if name in windows[0]}
@@ -76,6 +78,7 @@ def main() -> None:
 
     demo = load_config(str(REPO / "configs" / "demo.py"))
     demo.workdir = str(args.workdir)
+    demo = TrainConfig.from_config(demo)
     prepare_demo(demo)
     mesh = parallel.mesh_from_config(demo.mesh)
     print(f"devices: {jax.device_count()} x {jax.devices()[0].device_kind}; batch {args.batch_size} x "
@@ -92,7 +95,8 @@ def main() -> None:
         with_checkpoints, without = results["checkpointing"], results["end_only"]
         mfu = f"{with_checkpoints['mfu']:.1%}" if "mfu" in with_checkpoints else "-"
         cost = 1 - with_checkpoints["tokens_per_second"] / without["tokens_per_second"]
-        print(f"{pathlib.Path(model_spec).stem:<22} {with_checkpoints['seconds_per_step']:>7.3f} {with_checkpoints['tokens_per_second']:>10.0f} "
+        print(f"{pathlib.Path(model_spec).stem:<22} {with_checkpoints['seconds_per_step']:>7.3f} "
+              f"{with_checkpoints['tokens_per_second']:>10.0f} "
               f"{mfu:>6} {with_checkpoints['data_wait_fraction']:>9.1%} "
               f"{with_checkpoints['checkpoint_wait_fraction']:>10.1%} {cost:>9.1%}")
 

@@ -33,8 +33,8 @@ def same_tensors(first: pathlib.Path, second: pathlib.Path) -> bool:
     if sorted(first_map) != sorted(second_map):
         return False
     for name in first_map:
-        a = open_safetensors(first / first_map[name], lambda f: f.get_tensor(name))
-        b = open_safetensors(second / second_map[name], lambda f: f.get_tensor(name))
+        a = open_safetensors(first / first_map[name], lambda f, name=name: f.get_tensor(name))
+        b = open_safetensors(second / second_map[name], lambda f, name=name: f.get_tensor(name))
         if a.dtype != b.dtype or a.shape != b.shape or a.tobytes() != b.tobytes():
             return False
     return True

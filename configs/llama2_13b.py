@@ -27,6 +27,5 @@ def get_config() -> ConfigDict:
     return ConfigDict({
         "model": dataclasses.asdict(model),
         "mesh": {"data": 1, "fsdp": -1, "tensor": 1},
-        "batch_size": 64,
-        "seq_len": 4096,
+        "data": {"batch_size": 64, "seq_len": 4096},
     })

@@ -29,6 +29,5 @@ def get_config() -> ConfigDict:
     return ConfigDict({
         "model": dataclasses.asdict(model),
         "mesh": {"data": 1, "fsdp": -1, "tensor": 1},
-        "batch_size": 128,
-        "seq_len": 2048,
+        "data": {"batch_size": 128, "seq_len": 2048},
     })

@@ -32,6 +32,5 @@ def get_config() -> ConfigDict:
     return ConfigDict({
         "model": dataclasses.asdict(model),
         "mesh": {"data": -1, "fsdp": 1, "tensor": 1},
-        "batch_size": 8,
-        "seq_len": 2048,
+        "data": {"batch_size": 8, "seq_len": 2048},
     })

@@ -22,6 +22,5 @@ def get_config() -> ConfigDict:
     return ConfigDict({
         "model": dataclasses.asdict(model),
         "mesh": {"data": -1, "fsdp": 1, "tensor": 1},
-        "batch_size": 8,
-        "seq_len": 128,
+        "data": {"batch_size": 8, "seq_len": 128},
     })

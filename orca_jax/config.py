@@ -1,25 +1,39 @@
 """Config files are plain Python (`get_config()` returning an ml_collections ConfigDict), as in
-big_vision. A command line names one with `--config path.py[:arg]` and overrides any leaf with
-`--config.a.b=value`; values are parsed as Python literals, falling back to a string.
+big_vision. A command line names one with `--config path.py[:arg]` (or the name of a config that ships
+with the package, `--config demo`) and overrides any leaf with `--config.a.b=value`; values are parsed
+as Python literals, falling back to a string. Commands turn the ConfigDict into typed configs at once
+(train/config.py); nothing downstream reads a ConfigDict.
 """
 
 from __future__ import annotations
 
 import ast
 import dataclasses
+import importlib.resources
 import importlib.util
 import pathlib
 from typing import Any
 
+from orca_jax.errors import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError):
     """A config file or override that cannot be used; the message names it."""
 
 
+def default_config(name: str) -> str:
+    """The path of a config that ships with the package (configs/<name>.py, installed as
+    orca_jax.configs), so a non-editable install finds it too."""
+    return str(importlib.resources.files("orca_jax.configs").joinpath(f"{name}.py"))
+
+
 def load_config(spec: str):
-    """Load `path.py` or `path.py:arg`, calling `get_config()` or `get_config(arg)`."""
+    """Load `path.py` or `path.py:arg`, calling `get_config()` or `get_config(arg)`; a bare name such as
+    `demo` or `orca_13b` is a config shipped with the package."""
     path_str, _, arg = spec.partition(":")
     path = pathlib.Path(path_str)
+    if not path.is_file() and "/" not in path_str and not path_str.endswith(".py"):
+        path = pathlib.Path(default_config(path_str))
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
     module_spec = importlib.util.spec_from_file_location(f"orca_jax_config_{path.stem}", path)

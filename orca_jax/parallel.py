@@ -9,6 +9,7 @@ table, DECODE_AXIS_RULES; the functions below take `rules=` to use it (training 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 from collections.abc import Iterator, Sequence
 
@@ -16,6 +17,9 @@ import jax
 import numpy as np
 from flax import linen as nn
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+
+from orca_jax.config import typed_block
+from orca_jax.errors import UserError
 
 MESH_AXES = ("data", "fsdp", "tensor")
 
@@ -57,7 +61,7 @@ DECODE_AXIS_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
 )
 
 
-class MeshShapeError(ValueError):
+class MeshShapeError(UserError):
     """The requested mesh does not fit the devices, or a shape does not divide the mesh."""
 
 
@@ -92,8 +96,30 @@ def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1,
     return Mesh(np.asarray(devices).reshape(shape), MESH_AXES, axis_types=(AxisType.Auto,) * 3)
 
 
-def mesh_from_config(mesh_config, devices: Sequence[jax.Device] | None = None) -> Mesh:
-    """Build the mesh named by a config's `mesh` block (fields data, fsdp, tensor)."""
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+    """The `mesh` block of a config: device counts along each mesh axis, one of them may be -1 (the rest)."""
+
+    data: int = -1
+    """Pure data parallelism: replicas that each hold whole (tensor-split) parameters."""
+    fsdp: int = 1
+    """Data parallelism with parameters, gradients and optimizer state sharded across it."""
+    tensor: int = 1
+    """Tensor (model) parallelism: heads, MLP and vocabulary split across it."""
+
+    def __post_init__(self):
+        for name in MESH_AXES:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value == 0 or value < -1:
+                raise MeshShapeError(f"mesh.{name} must be a positive integer or -1, got {value!r}")
+
+    @classmethod
+    def from_config(cls, block) -> MeshConfig:
+        return cls() if block is None else typed_block(cls, block, MeshShapeError, "mesh config")
+
+
+def mesh_from_config(mesh_config: MeshConfig, devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """Build the mesh a config's `mesh` block names."""
     return make_mesh(mesh_config.data, mesh_config.fsdp, mesh_config.tensor, devices=devices)
 
 

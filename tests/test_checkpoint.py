@@ -26,7 +26,7 @@ def abstract_state(model_config, mesh):
 def random_state(model_config, mesh, seed: int):
     """A state whose every leaf (moments and count included) is distinct and non-trivial."""
     optimizer, state_abstract = abstract_state(model_config, mesh)
-    params = train_step.init_params(model_config, jax.random.key(seed), state_abstract.params)
+    params = train_step.init_sharded_params(model_config, jax.random.key(seed), state_abstract.params)
     state = train_step.init_state(params, optimizer, state_abstract)
     keys = iter(jax.random.split(jax.random.key(seed + 1), len(jax.tree.leaves(state))))
 
@@ -54,8 +54,9 @@ def test_restores_everything_onto_a_different_mesh(tmp_path, model_config):
         restored, restored_data = reader.restore(12, target)
         reader.close()
         assert restored_data == data_state
+        wanted_shardings = jax.tree.leaves(train_step.shardings_of(target))
         for (path, got), want, wanted_sharding in zip(jax.tree_util.tree_leaves_with_path(restored),
-                                                      jax.tree.leaves(state), jax.tree.leaves(train_step.shardings_of(target))):
+                                                      jax.tree.leaves(state), wanted_shardings):
             assert got.sharding == wanted_sharding, jax.tree_util.keystr(path)
             np.testing.assert_array_equal(np.asarray(got), np.asarray(want), err_msg=jax.tree_util.keystr(path))
 

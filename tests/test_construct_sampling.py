@@ -14,8 +14,8 @@ import pytest
 from orca_jax import cli
 from orca_jax.config import load_config
 from orca_jax.data.construct import flan, sampling
-from orca_jax.data.jsonl import RecordFormatError
 from orca_jax.data.construct.system_messages import MULTIPLE_CHOICE_ONLY, SYSTEM_MESSAGES, SystemMessagePicker
+from orca_jax.data.jsonl import RecordFormatError
 
 ZERO_SHOT = ("zs_opt", "zs_noopt")
 FEW_SHOT = ("fs_opt", "fs_noopt")

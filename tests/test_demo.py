@@ -66,7 +66,8 @@ def _instance(task: str, question: str) -> tuple:
     if task == "subtract":
         numbers = sorted(numbers)
     if task == "weekday":
-        return task, tuple(numbers), [d for d in DAY_NAMES if d in question][0], "before" in question or "ago" in question
+        backward = "before" in question or "ago" in question
+        return task, tuple(numbers), [d for d in DAY_NAMES if d in question][0], backward
     return task, tuple(numbers), "smaller" in question
 
 

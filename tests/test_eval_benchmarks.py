@@ -4,12 +4,20 @@ them (skipped otherwise), and on small hand-made files for the error paths."""
 import json
 
 import pytest
-from conftest import SHARED_BENCHMARKS
 
-from orca_jax.data.jsonl import RecordFormatError
 from orca_jax.data.demo import write_demo_data
-from orca_jax.eval.benchmarks import (AGIEVAL_ENGLISH_TASKS, BBH_23_TASKS, bbh_options, demo_task, load_suite,
-                                      read_benchmark, read_demo)
+from orca_jax.data.jsonl import RecordFormatError
+from orca_jax.eval.benchmarks import (
+    AGIEVAL_ENGLISH_TASKS,
+    BBH_23_TASKS,
+    bbh_options,
+    demo_task,
+    load_suite,
+    read_benchmark,
+    read_demo,
+)
+
+from conftest import SHARED_BENCHMARKS
 
 BBH_DIR = SHARED_BENCHMARKS / "bbh"
 AGIEVAL_DIR = SHARED_BENCHMARKS / "agieval"

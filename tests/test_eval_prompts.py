@@ -3,12 +3,13 @@
 import json
 
 import pytest
-from conftest import SHARED_BENCHMARKS
 
 from orca_jax.data.construct.system_messages import SYSTEM_MESSAGES
 from orca_jax.data.tokenizer import Tokenizer, train_tokenizer
 from orca_jax.eval.benchmarks import Example, read_benchmark
 from orca_jax.eval.prompts import TRUNCATION_MARK, PromptBuilder, PromptError, resolve_system_message
+
+from conftest import SHARED_BENCHMARKS
 
 NAVIGATE_0 = ("If you follow these instructions, do you return to the starting point? Always face forward. "
               "Take 1 step backward. Take 9 steps left. Take 2 steps backward. Take 6 steps forward. Take 4 "

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from conftest import SHARED_BENCHMARKS
 
 from orca_jax import parallel
 from orca_jax.data.demo import write_demo_data
@@ -23,6 +22,8 @@ from orca_jax.eval.prompts import PromptBuilder
 from orca_jax.model import convert, params_io
 from orca_jax.train.checkpoint import Checkpointer, Position
 from orca_jax.train.step import TrainState
+
+from conftest import SHARED_BENCHMARKS
 
 WINDOW = 256
 needs_shared = pytest.mark.skipif(not (SHARED_BENCHMARKS / "bbh").is_dir(), reason="no shared benchmark files")

@@ -22,6 +22,7 @@ from orca_jax.data.tokenizer import Tokenizer, train_tokenizer
 from orca_jax.eval.generate import greedy_generate
 from orca_jax.model import convert, hf_tokenizer, params_io
 from orca_jax.model.weight_layout import ConversionError
+
 from synthetic_text import SYSTEM_MESSAGES, corpus, sentence
 
 PIECES, HIDDEN, MLP, LAYERS, HEADS, KV_HEADS, CONTEXT = 400, 64, 96, 2, 4, 2, 256

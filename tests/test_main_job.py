@@ -8,8 +8,11 @@ import sys
 import pytest
 
 from orca_jax.config import ConfigError, load_config
-from orca_jax.train import loop
+from orca_jax.model.config import ModelConfig
+from orca_jax.train.config import StageConfigError, TrainConfig, check_vocabulary
 from orca_jax.train.main import main
+
+from synthetic_text import trained_tokenizer
 
 
 @pytest.mark.slow
@@ -62,15 +65,45 @@ def test_bad_config_is_one_clear_line(tmp_path, capsys, override, message):
     assert not any(tmp_path.iterdir()), "a config error left files behind"
 
 
-def test_stage_plan_errors_name_the_stage(repo_root):
+def test_stage_errors_name_the_stage(repo_root):
     config = load_config(str(repo_root / "configs" / "demo.py"))
     config.stages.stage1.init = "previous"
-    with pytest.raises(loop.StageConfigError, match="stages.stage1.init='previous'"):
-        loop.plan_stages(config, tokenizer=None)
+    with pytest.raises(StageConfigError, match="stages.stage1.init='previous' but stage1 is the first stage"):
+        TrainConfig.from_config(config)
     config.stages.stage1.init = "random"
     config.stage_order = ("stage1",)
-    with pytest.raises(loop.StageConfigError, match="stage_order"):
-        loop.plan_stages(config, tokenizer=None)
-    config.checkpoint.every_steps = 0
-    with pytest.raises(ConfigError, match="checkpoint.every_steps must be an integer >= 1"):
-        loop.plan_stages(config, tokenizer=None)
+    with pytest.raises(StageConfigError, match="stage_order"):
+        TrainConfig.from_config(config)
+    config.stage_order = ("stage1", "stage2")
+    config.stages.stage2.num_steps = 5
+    with pytest.raises(StageConfigError, match="stages.stage2: give exactly one of num_steps or epochs"):
+        TrainConfig.from_config(config)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("--config.data.seq_len=512", "data.seq_len=512 exceeds model.max_seq_len=256"),
+    ("--config.checkpoint.every_steps=0", "checkpoint.every_steps must be an integer >= 1"),
+    ("--config.eval_every_steps=-1", "eval_every_steps must be an integer >= 0"),
+    ("--config.stages.stage2.optimizer.grad_accum_steps=3",
+     "stages.stage2.optimizer.grad_accum_steps=3 does not divide data.batch_size=8"),
+    ("--config.data.batch_size=12", "data.batch_size=12 gives 12 rows per microbatch, not divisible by the "
+                                    "mesh's data x fsdp = 8 devices"),
+    ("--config.eval.max_new_tokens=256", "eval.max_new_tokens=256 leaves no room for a prompt in "
+                                         "model.max_seq_len=256"),
+    ("--config.data.templat=orca", "config has no field 'data.templat'"),
+    ("--config.data.template=alpaca", "data.template='alpaca': choose one of ['chatml', 'orca']"),
+])
+def test_cross_field_checks_stop_before_any_work(tmp_path, capsys, override, message):
+    """Each check names both fields in one line; none of them trains, counts or writes anything."""
+    code = main([f"--config.workdir={tmp_path}", override])
+    error = capsys.readouterr().err
+    assert code == 1 and message in error and "Traceback" not in error and len(error.strip().splitlines()) == 1
+    assert not any(tmp_path.iterdir())
+
+
+def test_the_tokenizer_must_fit_the_model(tmp_path):
+    tokenizer = trained_tokenizer(tmp_path)
+    check_vocabulary(tokenizer, ModelConfig(vocab_size=tokenizer.vocab_size))
+    with pytest.raises(ConfigError, match=rf"has {tokenizer.vocab_size} ids \(pieces \+ pad\) but "
+                                          rf"model.vocab_size is {tokenizer.vocab_size - 1}"):
+        check_vocabulary(tokenizer, ModelConfig(vocab_size=tokenizer.vocab_size - 1))

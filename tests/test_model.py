@@ -11,9 +11,8 @@ import pytest
 from flax import linen as nn
 from test_attention import numpy_attention
 
-from orca_jax import flops
 from orca_jax.config import load_config
-from orca_jax.model import Llama, ModelConfig, ModelConfigError
+from orca_jax.model import Llama, ModelConfig, ModelConfigError, flops
 from orca_jax.model.llama import KVCache, RMSNorm, apply_rotary, cache_logical_axes, init_cache
 
 TINY = ModelConfig.from_config(load_config("configs/tiny.py").model)
@@ -41,7 +40,7 @@ def numpy_llama(params, config: ModelConfig, tokens, positions, segment_ids):
     layers = params["layers"]
     x = params["embedder"]["embedding"][tokens]
     for i in range(config.num_layers):
-        layer = jax.tree.map(lambda a: a[i], layers)
+        layer = jax.tree.map(lambda a, i=i: a[i], layers)
         h = numpy_rms_norm(x, layer["attention_norm"]["scale"], config.norm_eps)
         q, k, v = (np.einsum("ble,ehd->blhd", h, layer["attention"][name]) for name in ("query", "key", "value"))
         q, k = numpy_rotary(q, positions, config.rope_theta), numpy_rotary(k, positions, config.rope_theta)

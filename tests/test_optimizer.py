@@ -6,8 +6,13 @@ import numpy as np
 import optax
 import pytest
 
-from orca_jax.train.optimizer import (OptimizerConfig, OptimizerConfigError, learning_rate_schedule,
-                                      make_optimizer, weight_decay_mask)
+from orca_jax.train.optimizer import (
+    OptimizerConfig,
+    OptimizerConfigError,
+    learning_rate_schedule,
+    make_optimizer,
+    weight_decay_mask,
+)
 
 PARAMS = {
     "embedder": {"embedding": jnp.ones((8, 4))},

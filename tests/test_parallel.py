@@ -29,7 +29,7 @@ def test_bad_mesh_shapes_are_explained(requested, message):
 
 
 def test_mesh_from_config_and_device_subsets():
-    mesh = parallel.mesh_from_config(ConfigDict({"data": 2, "fsdp": -1, "tensor": 2}))
+    mesh = parallel.mesh_from_config(parallel.MeshConfig.from_config(ConfigDict({"data": 2, "fsdp": -1, "tensor": 2})))
     assert dict(mesh.shape) == {"data": 2, "fsdp": 2, "tensor": 2}
     single = parallel.make_mesh(-1, 1, 1, devices=jax.devices()[:1])
     assert dict(single.shape) == {"data": 1, "fsdp": 1, "tensor": 1}

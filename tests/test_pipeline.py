@@ -15,10 +15,12 @@ import pytest
 
 from orca_jax import parallel
 from orca_jax.data import shards
+from orca_jax.data.config import DataConfig
 from orca_jax.data.packing import ROW_FIELDS
 from orca_jax.data.pipeline import ProcessBatches, TrainBatches, validation_batches
 from orca_jax.data.templates import encode_example, encode_prompt
 from orca_jax.data.tokenizer import Tokenizer
+
 from synthetic_text import records, trained_tokenizer
 
 SEQ_LEN = 128
@@ -36,10 +38,17 @@ def source():
     return records(NUM_RECORDS, seed=11, max_response_words=60)
 
 
-def process_stream(source, tokenizer, process_index=0, process_count=1, **overrides):
-    options = dict(seq_len=SEQ_LEN, local_batch_size=3, seed=7, num_epochs=2, pack_window=16,
-                   process_index=process_index, process_count=process_count)
-    return ProcessBatches(source, tokenizer, "orca", **{**options, **overrides})
+def data(batch_size=8, pack_window=16, template="orca", overflow="truncate_response"):
+    return DataConfig(template=template, seq_len=SEQ_LEN, batch_size=batch_size, pack_window=pack_window,
+                      overflow=overflow)
+
+
+def process_stream(source, tokenizer, process_index=0, process_count=1, pack_window=16,
+                   overflow="truncate_response", **overrides):
+    options = dict(local_batch_size=3, seed=7, num_epochs=2, process_index=process_index,
+                   process_count=process_count)
+    return ProcessBatches(source, tokenizer, data(pack_window=pack_window, overflow=overflow),
+                          **{**options, **overrides})
 
 
 def packable(tokenizer, record):
@@ -140,10 +149,9 @@ def test_infinite_stream_keeps_counting_epochs(source, tokenizer):
 
 def test_train_batches_are_sharded_global_arrays(source, tokenizer):
     mesh = parallel.make_mesh(data=4, fsdp=2)
-    batches = TrainBatches(source, tokenizer, "chatml", seq_len=SEQ_LEN, global_batch_size=8, seed=3,
-                           num_epochs=1, mesh=mesh, pack_window=16)
-    reference = ProcessBatches(source, tokenizer, "chatml", seq_len=SEQ_LEN, local_batch_size=8, seed=3,
-                               num_epochs=1, process_index=0, process_count=1, pack_window=16)
+    batches = TrainBatches(source, tokenizer, data(template="chatml"), seed=3, num_epochs=1, mesh=mesh)
+    reference = ProcessBatches(source, tokenizer, data(template="chatml"), local_batch_size=8, seed=3,
+                               num_epochs=1, process_index=0, process_count=1)
     count = 0
     for batch, expected in zip(batches, reference, strict=True):
         count += 1
@@ -160,8 +168,7 @@ def test_train_batches_resume_from_their_state(source, tokenizer):
     mesh = parallel.make_mesh()
 
     def global_batches():
-        return TrainBatches(source, tokenizer, "orca", seq_len=SEQ_LEN, global_batch_size=8, seed=3,
-                            num_epochs=2, mesh=mesh, pack_window=16)
+        return TrainBatches(source, tokenizer, data(), seed=3, num_epochs=2, mesh=mesh)
 
     uninterrupted = [{k: np.asarray(v) for k, v in batch.items()} for batch in global_batches()]
     interrupted = global_batches()
@@ -186,8 +193,7 @@ def test_validation_is_one_deterministic_padded_pass(source, tokenizer):
     mesh = parallel.make_mesh(devices=jax.devices()[:1])
 
     def one_pass():
-        batches = validation_batches(source, tokenizer, "orca", seq_len=SEQ_LEN,
-                                     global_batch_size=batch_size, mesh=mesh, pack_window=32)
+        batches = validation_batches(source, tokenizer, data(batch_size=batch_size, pack_window=32), mesh)
         arrays, seen, dropped = [], 0, 0
         for batch in batches:
             arrays.append({name: np.asarray(array) for name, array in batch.items()})
@@ -247,11 +253,10 @@ def two_process_worker(process_id: int, port: int, tokenizer_path: str, out_path
     jax.distributed.initialize(f"localhost:{port}", num_processes=2, process_id=process_id)
     tokenizer = Tokenizer.load(tokenizer_path)
     source = records(NUM_RECORDS, seed=11, max_response_words=60)
-    options = dict(seq_len=SEQ_LEN, seed=7, num_epochs=1, pack_window=16)
+    options = dict(seed=7, num_epochs=1)
 
     def global_batches():
-        return TrainBatches(source, tokenizer, "orca", global_batch_size=8, mesh=parallel.make_mesh(),
-                            **options)
+        return TrainBatches(source, tokenizer, data(), mesh=parallel.make_mesh(), **options)
 
     def local_part(batch):
         parts = {}
@@ -261,7 +266,7 @@ def two_process_worker(process_id: int, port: int, tokenizer_path: str, out_path
         return parts
 
     alone = [batch.arrays for batch in ProcessBatches(
-        source, tokenizer, "orca", local_batch_size=4, process_index=process_id, process_count=2, **options)]
+        source, tokenizer, data(), local_batch_size=4, process_index=process_id, process_count=2, **options)]
     # Once this process has run out: padding rows, pad ids as inputs, zeros elsewhere.
     padding = {name: np.full((4, SEQ_LEN), tokenizer.pad_id if name == "inputs" else 0)
                for name in ROW_FIELDS}

@@ -75,7 +75,8 @@ def test_bad_row_stops_with_one_line_naming_file_row_and_field(demo_files, tmp_p
     assert exit_code == 1
     stderr = capsys.readouterr().err
     assert "Traceback" not in stderr
-    assert stderr.strip().splitlines()[-1].startswith(f"orca-jax prepare-data: error: {bad}, line 2, field 'question': null")
+    assert stderr.strip().splitlines()[-1].startswith(
+        f"orca-jax prepare-data: error: {bad}, line 2, field 'question': null")
     assert not output.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["bad.jsonl"]
 
 

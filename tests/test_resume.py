@@ -24,7 +24,8 @@ from orca_jax.model import ModelConfig, params_io
 from orca_jax.train import loop
 from orca_jax.train import step as train_step
 from orca_jax.train.checkpoint import Checkpointer
-from orca_jax.train.main import prepare_demo
+from orca_jax.train.config import TrainConfig
+from orca_jax.train.demo import prepare_demo
 
 STAGE1_STEPS, STAGE2_STEPS = 8, 6
 RUN_TIMEOUT_S = 300
@@ -36,6 +37,7 @@ from orca_jax.config import load_config
 def get_config():
     config = load_config({demo_config!r})
     del config["demo"]  # the data is prepared once by the test; no report at the end
+    config.eval.suite = ""  # resume is about the train state; benchmark decoding only costs time here
     config.workdir = {workdir!r}
     config.data.tokenizer = {data_dir!r} + "/tokenizer.model"
     config.data.seq_len = 128
@@ -68,7 +70,7 @@ def demo_data(repo_root, tmp_path_factory) -> pathlib.Path:
         config.stages[name].dataset_dir = str(data_dir / f"{name}_shards")
     config.demo.update(stage1_rows=300, stage2_rows=300, eval_rows=10, tokenizer_pieces=400,
                        validation_fraction=0.1)
-    prepare_demo(config)
+    prepare_demo(TrainConfig.from_config(config))
     return data_dir
 
 
@@ -154,7 +156,7 @@ def test_killed_and_preempted_run_ends_identical_to_an_uninterrupted_one(repo_ro
 def test_stage2_starts_from_stage1_weights_with_a_fresh_optimizer(reference_run):
     """Replays stage 2's first steps from stage 1's final checkpoint with a new optimizer state and
     compares with the run's own checkpoint after those steps."""
-    config = load_config(str(reference_run.with_suffix(".py")))
+    config = TrainConfig.from_config(load_config(str(reference_run.with_suffix(".py"))))
     mesh = parallel.make_mesh(devices=jax.devices()[:1])
     tokenizer = Tokenizer.load(config.data.tokenizer)
     stage1, stage2 = loop.plan_stages(config, tokenizer)

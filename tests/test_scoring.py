@@ -7,10 +7,10 @@ import time
 
 import pytest
 
-from conftest import SHARED_BENCHMARKS as BENCHMARKS
-
 from orca_jax.eval.benchmarks import bbh_options
 from orca_jax.eval.scoring import Verdict, score
+
+from conftest import SHARED_BENCHMARKS as BENCHMARKS
 
 DATA = pathlib.Path(__file__).resolve().parent / "data"
 # The development set the scorer was written against, and two sets written blind by people who had not

@@ -33,7 +33,8 @@ def test_every_record_lands_in_exactly_one_split_and_shard_count_is_honoured(tmp
     assert sorted(train + validation, key=lambda r: r["id"]) == sorted(records, key=lambda r: r["id"])
     assert counts == {"train": len(train), "validation": len(validation)}
     assert 10 <= len(validation) <= 50  # 10% of 300, give or take the hash
-    assert sorted(written) == sorted([("train", r["id"]) for r in train] + [("validation", r["id"]) for r in validation])
+    expected = [("train", r["id"]) for r in train] + [("validation", r["id"]) for r in validation]
+    assert sorted(written) == sorted(expected)
     info = json.loads((tmp_path / "ds" / "dataset_info.json").read_text())
     for split_info in info["splits"]:
         assert len(split_info["shardLengths"]) == 3

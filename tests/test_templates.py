@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from orca_jax.data.templates import (TEMPLATES, Template, encode_example, encode_examples, encode_prompt,
-                                     get_template)
+from orca_jax.data.templates import TEMPLATES, Template, encode_example, encode_examples, encode_prompt, get_template
+
 from synthetic_text import records, trained_tokenizer
 
 

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from orca_jax.data.tokenizer import Tokenizer, TokenizerError, train_tokenizer
+
 from synthetic_text import corpus, sentence, trained_tokenizer
 
 

@@ -48,7 +48,7 @@ class Trainer:
         optimizer = make_optimizer(optimizer_config, total_steps=20)
         params_abstract = params_io.abstract_params(model_config, mesh)
         state_abstract = train_step.abstract_state(params_abstract, optimizer, mesh)
-        params = train_step.init_params(model_config, jax.random.key(0), params_abstract)
+        params = train_step.init_sharded_params(model_config, jax.random.key(0), params_abstract)
         self._initial = train_step.init_state(params, optimizer, state_abstract)
         self.steps = train_step.CompiledSteps(model_config, optimizer, grad_accum_steps, mesh, state_abstract)
 

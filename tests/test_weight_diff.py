@@ -110,7 +110,8 @@ def test_diff_format_is_xor_of_the_bits_with_new_rows_stored_whole(tmp_path):
     embedding, base_embedding = target["model.embed_tokens.weight"], base["model.embed_tokens.weight"]
     name = "model.embed_tokens.weight"
     assert stored[name].dtype == np.uint16 and stored[name].shape == (ROWS + 1, WIDTH)
-    np.testing.assert_array_equal(stored[name][:ROWS], embedding[:ROWS].view(np.uint16) ^ base_embedding.view(np.uint16))
+    np.testing.assert_array_equal(stored[name][:ROWS],
+                                  embedding[:ROWS].view(np.uint16) ^ base_embedding.view(np.uint16))
     assert _raw(stored[name][ROWS:]) == _raw(embedding[ROWS:])
     assert _raw(stored["model.extra.weight"]) == _raw(target["model.extra.weight"])
     entry = index["tensors"][name]

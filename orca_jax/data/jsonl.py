@@ -8,8 +8,10 @@ import json
 import pathlib
 from collections.abc import Iterator
 
+from orca_jax.errors import UserError
 
-class RecordFormatError(ValueError):
+
+class RecordFormatError(UserError):
     """Input that cannot be used; the message names the file, the row and the field."""
 
 

@@ -36,6 +36,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from orca_jax import parallel
+from orca_jax.data.config import DataConfig
 from orca_jax.data.packing import ROW_FIELDS, OverflowPolicy, PackedWindow, pack_examples
 from orca_jax.data.templates import Template, encode_examples, get_template
 from orca_jax.data.tokenizer import Tokenizer
@@ -48,10 +49,6 @@ class RecordSource(Protocol):
 
     def __getitem__(self, index: int) -> dict[str, str]: ...
 
-
-# Best-fit over 1,000 OpenOrca-like examples fills 2048-token rows to ~99.4% (benchmarks/pipeline.py);
-# larger windows gain little and delay the first batch.
-DEFAULT_PACK_WINDOW = 1000
 
 ExampleKey = tuple[int, str]  # (epoch, record id): identifies one reading of one example.
 
@@ -86,27 +83,26 @@ class _Window:
 class ProcessBatches:
     """One process's share of the data as NumPy local batches, resumable via get_state/set_state.
 
-    seq_len            tokens per row (2048 for the real configs)
+    data               template, seq_len, pack_window and overflow (its batch_size is the global one,
+                       which this class does not use)
     local_batch_size   rows per batch from this process (global batch / process count)
     seed               shuffling seed; each epoch gets its own permutation derived from it
     num_epochs         passes over the source; None repeats forever (the loop counts steps)
     process_index/count  which round-robin share to read; explicit so tests can simulate processes
     shuffle            False reads in source order (validation)
-    overflow           'truncate_response' or 'drop' for examples longer than a row (packing.py)
-    pack_window        examples per best-fit packing window
     read_threads       grain threads that tokenize and pack windows ahead (0: in the caller's thread)
     prefetch_windows   packed windows kept ready ahead of the consumer
     """
 
-    def __init__(self, source: RecordSource, tokenizer: Tokenizer, template: str | Template, *,
-                 seq_len: int, local_batch_size: int, seed: int, num_epochs: int | None,
+    def __init__(self, source: RecordSource, tokenizer: Tokenizer, data: DataConfig, *,
+                 local_batch_size: int, seed: int, num_epochs: int | None,
                  process_index: int, process_count: int, shuffle: bool = True,
-                 overflow: OverflowPolicy = "truncate_response", pack_window: int = DEFAULT_PACK_WINDOW,
                  read_threads: int = 2, prefetch_windows: int = 4):
         if not 0 <= process_index < process_count:
             raise ValueError(f"process_index {process_index} is not in [0, {process_count})")
         if len(source) == 0:
             raise ValueError("the record source is empty")
+        seq_len, pack_window, overflow = data.seq_len, data.pack_window, data.overflow
         self.seq_len = seq_len
         self.local_batch_size = local_batch_size
         self.pad_id = tokenizer.pad_id
@@ -115,7 +111,7 @@ class ProcessBatches:
                            "process_index": process_index, "process_count": process_count,
                            "seq_len": seq_len, "pack_window": pack_window, "overflow": overflow,
                            "num_records": len(source)}
-        windows = _window_dataset(source, tokenizer, get_template(template), seq_len=seq_len, seed=seed,
+        windows = _window_dataset(source, tokenizer, get_template(data.template), seq_len=seq_len, seed=seed,
                                   num_epochs=num_epochs, shuffle=shuffle, process_index=process_index,
                                   process_count=process_count, overflow=overflow, pack_window=pack_window)
         read_options = grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=prefetch_windows)
@@ -221,30 +217,28 @@ def _window_dataset(source: RecordSource, tokenizer: Tokenizer, template: Templa
 
 
 class TrainBatches:
-    """Global batches for the train loop: dicts of [global_batch_size, seq_len] jax.Arrays sharded by
+    """Global batches for the train loop: dicts of [data.batch_size, data.seq_len] jax.Arrays sharded by
     `parallel.batch_sharding(mesh)` (docs/contracts.md), one process's rows per process.
 
-    Arguments as for ProcessBatches, with the batch counted globally. `stats` describes this process's
-    part of the latest batch; `epoch` is the epoch of its latest example.
+    Arguments as for ProcessBatches, with the batch counted globally (data.batch_size). `stats`
+    describes this process's part of the latest batch; `epoch` is the epoch of its latest example.
     """
 
-    def __init__(self, source: RecordSource, tokenizer: Tokenizer, template: str | Template, *,
-                 seq_len: int, global_batch_size: int, seed: int, num_epochs: int | None, mesh: Mesh,
-                 shuffle: bool = True, overflow: OverflowPolicy = "truncate_response",
-                 pack_window: int = DEFAULT_PACK_WINDOW, read_threads: int = 2, prefetch_windows: int = 4):
+    def __init__(self, source: RecordSource, tokenizer: Tokenizer, data: DataConfig, *, seed: int,
+                 num_epochs: int | None, mesh: Mesh, shuffle: bool = True, read_threads: int = 2,
+                 prefetch_windows: int = 4):
+        global_batch_size = data.batch_size
         self._sharding = parallel.batch_sharding(mesh)
         parallel.check_divisible("global_batch_size", global_batch_size, mesh, self._sharding.spec[0])
         process_count = jax.process_count()
         if global_batch_size % process_count:
             raise ValueError(
                 f"global_batch_size {global_batch_size} does not split over {process_count} processes")
-        self._global_shape = (global_batch_size, seq_len)
+        self._global_shape = (global_batch_size, data.seq_len)
         self._local = ProcessBatches(
-            source, tokenizer, template, seq_len=seq_len,
-            local_batch_size=global_batch_size // process_count, seed=seed, num_epochs=num_epochs,
-            process_index=jax.process_index(), process_count=process_count, shuffle=shuffle,
-            overflow=overflow, pack_window=pack_window, read_threads=read_threads,
-            prefetch_windows=prefetch_windows)
+            source, tokenizer, data, local_batch_size=global_batch_size // process_count, seed=seed,
+            num_epochs=num_epochs, process_index=jax.process_index(), process_count=process_count,
+            shuffle=shuffle, read_threads=read_threads, prefetch_windows=prefetch_windows)
         # Only a finite stream can end, and only with several processes can it end unevenly.
         self._processes_must_agree = num_epochs is not None and process_count > 1
         self.stats: BatchStats | None = None
@@ -299,12 +293,7 @@ def _gather_json(value: Any) -> list[Any]:
     return [json.loads(bytes(row[:length])) for row, length in zip(gathered, lengths)]
 
 
-def validation_batches(source: RecordSource, tokenizer: Tokenizer, template: str | Template, *,
-                       seq_len: int, global_batch_size: int, mesh: Mesh,
-                       overflow: OverflowPolicy = "truncate_response",
-                       pack_window: int = DEFAULT_PACK_WINDOW) -> TrainBatches:
+def validation_batches(source: RecordSource, tokenizer: Tokenizer, data: DataConfig, mesh: Mesh) -> TrainBatches:
     """One deterministic pass in source order (no shuffle); the last batch is padded with zero-weight
     rows, so summing weighted losses over the pass counts every example once."""
-    return TrainBatches(source, tokenizer, template, seq_len=seq_len, global_batch_size=global_batch_size,
-                        seed=0, num_epochs=1, mesh=mesh, shuffle=False, overflow=overflow,
-                        pack_window=pack_window)
+    return TrainBatches(source, tokenizer, data, seed=0, num_epochs=1, mesh=mesh, shuffle=False)

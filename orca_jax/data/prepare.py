@@ -26,7 +26,8 @@ import tqdm
 
 from orca_jax.data import records as records_lib
 from orca_jax.data import shards, templates
-from orca_jax.data.tokenizer import Tokenizer, TokenizerError
+from orca_jax.data.tokenizer import Tokenizer
+from orca_jax.errors import UserError
 
 REPORT_NAME = "prepare_report.json"
 
@@ -164,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
                          template=args.template, seq_len=args.seq_len, validation=args.validation,
                          num_shards=args.num_shards, bad_rows=args.bad_rows, seed=args.seed,
                          column_map=args.column_map)
-    except (records_lib.DataError, TokenizerError) as err:
+    except UserError as err:
         print(f"orca-jax prepare-data: error: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -24,6 +24,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from orca_jax.errors import UserError
+
 Record = dict[str, str]
 
 FIELDS: tuple[str, ...] = ("id", "system_prompt", "question", "response")
@@ -52,7 +54,7 @@ BATCH_ROWS = 1024
 LOCATIONS_KEPT_PER_REASON = 5
 
 
-class DataError(Exception):
+class DataError(UserError):
     """Input data or settings that cannot be used. The message says where and why; command-line tools
     print it without a traceback."""
 
@@ -277,7 +279,8 @@ def _text_of(location: str, field: str, value: Any) -> str:
         try:
             return value.decode("utf-8")
         except UnicodeDecodeError as err:
-            raise BadRowError(location, field, INVALID_UTF8, f"not valid UTF-8 ({err.reason} at byte {err.start})")
+            raise BadRowError(location, field, INVALID_UTF8,
+                              f"not valid UTF-8 ({err.reason} at byte {err.start})") from None
     if not isinstance(value, str):
         raise BadRowError(location, field, NOT_STRING, f"{type(value).__name__} value {value!r:.40}, not a string")
     try:

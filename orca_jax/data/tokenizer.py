@@ -16,8 +16,10 @@ from collections.abc import Iterable, Sequence
 
 import sentencepiece as spm
 
+from orca_jax.errors import UserError
 
-class TokenizerError(ValueError):
+
+class TokenizerError(UserError):
     """A tokenizer model that is missing, unreadable, or unusable; the message names the file."""
 
 

@@ -22,7 +22,8 @@ LABEL_NEGATED = re.compile(r"(?:\bnot|n't)\W+(?:\w+\W+)?$", re.IGNORECASE)
 HEDGE = re.compile(r"\b(?:or|either|possibly|maybe|perhaps|might|could|alternatively)\b|/", re.IGNORECASE)
 # "(D), though (A) might also be": the doubt follows the second answer.
 HEDGE_AFTER = re.compile(r"\s*\)?\s*(?:(?:might|could|may)\s+(?:also\b|be\s+(?:right|correct|it)\b|work\b)"
-                         r"|(?:is|are|would be|could be)?\s*(?:also|equally)\s+(?:possible|plausible|correct|right|likely))",
+                         r"|(?:is|are|would be|could be)?\s*(?:also|equally)\s+"
+                         r"(?:possible|plausible|correct|right|likely))",
                          re.IGNORECASE)
 LISTED = re.compile(r"[\s,;&/*]*(?:(?:and|or)\b)?[\s,*]*", re.IGNORECASE)
 # Two answers joined directly by "or" anywhere in the part read: "(B) or (D)", "B/D", "(B), or maybe (D)".

@@ -4,8 +4,9 @@ A config's `eval` block (EvalConfig) names a suite or some of its tasks and how 
 the training loop calls `TrainingEvaluator` at a stage's start (unless the stage starts from the
 previous stage's final weights, which were just evaluated), every `every_steps` steps and at the
 stage's end. Prompts are built once per run; each call greedy-decodes them with the live training
-parameters (cast once to the compute dtype, kept in the training layout) and returns the scalars the metrics writer logs: `bench_accuracy` (the mean over
-tasks, the paper's headline) and `bench_accuracy/<task>`.
+parameters (cast once to the compute dtype, kept in the training layout) and returns the scalars the
+metrics writer logs: `bench_accuracy` (the mean over tasks, the paper's headline) and
+`bench_accuracy/<task>`.
 """
 
 from __future__ import annotations
@@ -78,9 +79,6 @@ class TrainingEvaluator:
 
     def __init__(self, config: EvalConfig, model_config: ModelConfig, tokenizer: Tokenizer, template: str,
                  mesh: Mesh):
-        if config.max_new_tokens >= model_config.max_seq_len:
-            raise ConfigError(f"eval.max_new_tokens={config.max_new_tokens} leaves no room for a prompt in "
-                              f"model.max_seq_len={model_config.max_seq_len}")
         self.config, self.model_config, self.tokenizer, self.mesh = config, model_config, tokenizer, mesh
         self.examples = benchmarks.load_suite(
             config.suite, benchmarks_dir=config.benchmarks_dir or None, demo_path=config.eval_path or None,

@@ -27,6 +27,7 @@ import string
 from orca_jax.data.construct.system_messages import SYSTEM_MESSAGES
 from orca_jax.data.templates import Template, get_template
 from orca_jax.data.tokenizer import Tokenizer
+from orca_jax.errors import UserError
 from orca_jax.eval.benchmarks import Example
 
 PROMPT_STYLES = ("chat", "raw")
@@ -35,7 +36,7 @@ LONG_PROMPT_POLICIES = ("truncate", "skip")
 TRUNCATION_MARK = "... "
 
 
-class PromptError(ValueError):
+class PromptError(UserError):
     """A prompt setting that cannot be used; the message names the flag."""
 
 

@@ -22,6 +22,7 @@ from jax.sharding import Mesh
 
 from orca_jax import parallel
 from orca_jax.data.tokenizer import Tokenizer
+from orca_jax.errors import UserError
 from orca_jax.eval import scoring
 from orca_jax.eval.benchmarks import Example
 from orca_jax.eval.generate import greedy_generate
@@ -29,7 +30,7 @@ from orca_jax.eval.prompts import PromptBuilder
 from orca_jax.model.config import ModelConfig
 
 
-class JournalError(ValueError):
+class JournalError(UserError):
     """A journal that belongs to another evaluation, or that cannot be read; the message names it."""
 
 
@@ -120,7 +121,8 @@ def evaluate_examples(params, model_config: ModelConfig, tokenizer: Tokenizer, b
                 task_rows = _evaluate_task(params, model_config, tokenizer, builder, task_examples,
                                            max_new_tokens=max_new_tokens, batch_size=batch_size, mesh=mesh,
                                            axis_rules=axis_rules,
-                                           on_batch_done=lambda done: bar.update(done_before + done - bar.n))
+                                           on_batch_done=lambda done, before=done_before: bar.update(
+                                               before + done - bar.n))
                 if journal is not None:
                     journal.record(task, task_rows)
             bar.n = len(rows) + len(task_rows)

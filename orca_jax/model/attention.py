@@ -15,7 +15,7 @@ import numpy as np
 from flax import linen as nn
 from jax.sharding import PartitionSpec
 
-IMPLEMENTATIONS = ("xla", "cudnn", "splash")
+from orca_jax.model.config import ATTENTION_IMPLEMENTATIONS
 
 # Logical names of the [batch, length, heads, head_dim] operands, resolved by the active axis rules.
 QUERY_AXES = ("batch", "length", "heads", "head_dim")
@@ -45,7 +45,7 @@ def dot_product_attention(query: jax.Array, key: jax.Array, value: jax.Array,
         return _cudnn_attention(query, key, value, segment_ids)
     if implementation == "splash":
         return _splash_attention(query, key, value, segment_ids)
-    raise ValueError(f"attention implementation {implementation!r}: choose one of {IMPLEMENTATIONS}")
+    raise ValueError(f"attention implementation {implementation!r}: choose one of {ATTENTION_IMPLEMENTATIONS}")
 
 
 def _check_shapes(query, key, value, segment_ids) -> None:

@@ -13,13 +13,14 @@ from typing import Any
 import jax.numpy as jnp
 
 from orca_jax.config import typed_block
+from orca_jax.errors import UserError
 
 REMAT_POLICIES = ("none", "full", "save_dots")
 ATTENTION_IMPLEMENTATIONS = ("xla", "cudnn", "splash")
 FLOAT_DTYPES = ("float32", "bfloat16", "float16")
 
 
-class ModelConfigError(ValueError):
+class ModelConfigError(UserError):
     """A model config field that cannot describe a LLaMA; the message names the field."""
 
 

@@ -27,11 +27,18 @@ import jax.numpy as jnp
 import numpy as np
 
 from orca_jax import config as config_lib
-from orca_jax.model import hf_tokenizer, params_io
 from orca_jax.data.templates import TEMPLATES
+from orca_jax.errors import UserError
+from orca_jax.model import hf_tokenizer, params_io
 from orca_jax.model.config import FLOAT_DTYPES, ModelConfig
-from orca_jax.model.hf_checkpoint import (HfCheckpoint, TensorToWrite, hf_config_from_model, hf_name,
-                                          write_hf_config, write_safetensors)
+from orca_jax.model.hf_checkpoint import (
+    HfCheckpoint,
+    TensorToWrite,
+    hf_config_from_model,
+    hf_name,
+    write_hf_config,
+    write_safetensors,
+)
 from orca_jax.model.meta_checkpoint import MetaCheckpoint
 from orca_jax.model.weight_layout import PARAM_LAYOUT, ConversionError, ParamLayout, checkpoint_order
 
@@ -227,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
                               int(args.max_shard_mb * 2**20), tokenizer, template)
             extra = f" (tokenizer, chat template {template!r})" if tokenizer else " (no tokenizer: pass --tokenizer)"
             print(f"wrote {args.out}: config.json, {', '.join(files)}{extra}")
-    except (ConversionError, params_io.ParamsIOError) as err:
+    except UserError as err:
         print(f"orca-jax convert-weights: error: {err}", file=sys.stderr)
         return 1
     return 0

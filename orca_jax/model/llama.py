@@ -3,7 +3,8 @@
 Every parameter and main activation carries logical axis names ('embed', 'heads', ...); which device
 holds what is decided by the rules in orca_jax.parallel, never here. Parameters are stored in
 `param_dtype` and cast to `compute_dtype` where they enter a matmul; norms and softmax compute in
-float32, and the logits are returned as float32. The layer stack is an `nn.scan`, so each layer parameter has a leading 'layers' axis.
+float32, and the logits are returned as float32. The layer stack is an `nn.scan`, so each layer
+parameter has a leading 'layers' axis.
 
 Decoding passes a `KVCache` of plain arrays in and gets the updated one back (`Llama(...)(...,
 cache=cache, attend_length=n)`), so each new token costs one position instead of a forward pass over the
@@ -26,8 +27,13 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
-from orca_jax.model.attention import (KEY_VALUE_AXES, QUERY_AXES, dot_product_attention, masked_attention,
-                                      segment_causal_mask)
+from orca_jax.model.attention import (
+    KEY_VALUE_AXES,
+    QUERY_AXES,
+    dot_product_attention,
+    masked_attention,
+    segment_causal_mask,
+)
 from orca_jax.model.config import ModelConfig
 
 # Logical names of the activations the model constrains.

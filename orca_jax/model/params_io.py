@@ -26,6 +26,7 @@ from flax import linen as nn
 from jax.sharding import Mesh
 
 from orca_jax import parallel
+from orca_jax.errors import UserError
 from orca_jax.model.config import ModelConfig
 from orca_jax.model.llama import init_params
 
@@ -33,7 +34,7 @@ PARAMS_SUBDIR = "params"
 CONFIG_FILE = "model_config.json"
 
 
-class ParamsIOError(ValueError):
+class ParamsIOError(UserError):
     """A params directory that cannot be read or written; the message names the path."""
 
 

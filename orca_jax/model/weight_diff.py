@@ -47,10 +47,19 @@ import ml_dtypes
 import numpy as np
 
 from orca_jax.data.templates import TEMPLATES
+from orca_jax.errors import UserError
 from orca_jax.model import convert, params_io
 from orca_jax.model.config import FLOAT_DTYPES
-from orca_jax.model.hf_checkpoint import (INDEX_FILE, SAFETENSORS_DTYPES, TensorToWrite, open_safetensors,
-                                          plan_shards, weight_map, write_index, write_safetensors_file)
+from orca_jax.model.hf_checkpoint import (
+    INDEX_FILE,
+    SAFETENSORS_DTYPES,
+    TensorToWrite,
+    open_safetensors,
+    plan_shards,
+    weight_map,
+    write_index,
+    write_safetensors_file,
+)
 from orca_jax.model.weight_layout import ConversionError
 
 DIFF_INDEX = "weight_diff.json"
@@ -311,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             files = apply_diff(args.base, args.diff, args.out)
             print(f"wrote {args.out}: {', '.join(files)} (every tensor matches the target's sha256)")
-    except (ConversionError, params_io.ParamsIOError, OSError) as err:
+    except (UserError, OSError) as err:
         print(f"orca-jax weight-diff: error: {err}", file=sys.stderr)
         return 1
     return 0

@@ -14,10 +14,11 @@ from collections.abc import Iterator
 
 import numpy as np
 
+from orca_jax.errors import UserError
 from orca_jax.model.config import FLOAT_DTYPES, ModelConfig
 
 
-class ConversionError(ValueError):
+class ConversionError(UserError):
     """A checkpoint that cannot be converted; the message names the file and the tensor."""
 
 

@@ -2,7 +2,7 @@
 
 Orca trains in stages (FLAN-5M with ChatGPT's answers, then FLAN-1M with GPT-4's), each stage with
 its own data, length, optimizer and schedule, the second starting from the first one's final weights.
-`train(config, mesh)` runs every stage of `config.stage_order` and can be killed at any moment: the
+`train(run, mesh, tokenizer)` runs every stage of `run.stages` and can be killed at any moment: the
 same call again continues from the latest checkpoint with the same parameters, optimizer state and
 next batch, so an interrupted run ends bit-identical to an uninterrupted one (same device count).
 
@@ -10,30 +10,7 @@ Every stage's length is fixed before it starts (given as steps, or counted from 
 pass over the packed data), because the learning-rate schedule and the global step numbering of
 checkpoints depend on it.
 
-The config fields this module reads (configs/demo.py and configs/orca_13b.py set them all):
-    workdir: str                 checkpoints/, metrics.jsonl, tensorboard/, stage_lengths.json
-    seed: int                    random init of stage k uses fold_in(key(seed), k); data order seed + k
-    model: ModelConfig fields    see orca_jax/model/config.py
-    mesh: data, fsdp, tensor     mesh axis sizes, one of them may be -1 ("the rest")
-    data.tokenizer: str          sentencepiece .model path
-    data.template: str           prompt template name ('orca', 'chatml')
-    data.seq_len: int            packed row length
-    data.batch_size: int         global rows per optimizer step
-    data.pack_window: int        records packed together (pipeline.py)
-    data.validation_batches: int batches per validation pass, 0 for the whole validation split
-    stage_order: tuple[str]      the names of `stages`, in training order
-    stages.<name>.dataset_dir    a dataset built by `orca-jax prepare-data` (train + validation splits)
-    stages.<name>.init: str      'random', 'previous' or a params directory (`orca-jax convert-weights`)
-    stages.<name>.epochs: int    passes over the data, or 0 when num_steps is given
-    stages.<name>.num_steps: int optimizer steps (the data repeats as needed), or 0 when epochs is given
-    stages.<name>.optimizer      OptimizerConfig fields (optimizer.py)
-    checkpoint.every_steps: int  save period in steps; every stage's last step is saved too
-    checkpoint.keep: int         latest checkpoints kept, besides every stage's final one
-    log_every_steps: int         metrics period
-    eval_every_steps: int        validation-loss period, 0 for only the start and end of each stage
-    eval (optional)              benchmark accuracy during training: EvalConfig fields
-                                 (orca_jax/eval/during_training.py)
-    debug.nan_at_step: int       global step whose batch is poisoned with NaN (tests the guard), -1 off
+It takes a typed `TrainConfig` (train/config.py), already checked at the door.
 """
 
 from __future__ import annotations
@@ -50,18 +27,16 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
-from orca_jax.config import ConfigError
 from orca_jax.data import pipeline, shards
 from orca_jax.data.tokenizer import Tokenizer
-from orca_jax.eval.during_training import EvalConfig, TrainingEvaluator
-from orca_jax.model import ModelConfig, params_io
+from orca_jax.eval.during_training import TrainingEvaluator
+from orca_jax.model import params_io
 from orca_jax.train import step as train_step
 from orca_jax.train.checkpoint import Checkpointer, Position
+from orca_jax.train.config import INIT_PREVIOUS, INIT_RANDOM, StageConfigError, TrainConfig
 from orca_jax.train.metrics import MetricsWriter, Throughput
 from orca_jax.train.optimizer import OptimizerConfig, learning_rate_schedule, make_optimizer
 
-INIT_RANDOM = "random"
-INIT_PREVIOUS = "previous"
 PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM, what a supervisor expects of a process that SIGTERM ended
 
 
@@ -77,10 +52,6 @@ class Preempted(TrainingStopped):
 
 class NonFiniteLoss(TrainingStopped):
     pass
-
-
-class StageConfigError(ValueError):
-    """A stage description that cannot be trained; the message names the stage and field."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,29 +76,13 @@ class StagePlan:
         return self.first_step + self.num_steps
 
 
-def _check_stage(name: str, stage, index: int) -> None:
-    init = stage.init
-    if init == INIT_PREVIOUS and index == 0:
-        raise StageConfigError(f"stages.{name}.init='previous' but {name} is the first stage")
-    if init not in (INIT_RANDOM, INIT_PREVIOUS) and not pathlib.Path(init).is_dir():
-        raise StageConfigError(f"stages.{name}.init={init!r} is neither 'random', 'previous' nor an "
-                               "existing params directory")
-    if stage.num_steps < 0 or stage.epochs < 0 or (stage.num_steps == 0) == (stage.epochs == 0):
-        raise StageConfigError(f"stages.{name}: give exactly one of num_steps or epochs as a positive "
-                               f"number (num_steps={stage.num_steps}, epochs={stage.epochs})")
-    if not (pathlib.Path(stage.dataset_dir) / "dataset_info.json").is_file():
-        raise StageConfigError(f"stages.{name}.dataset_dir={stage.dataset_dir!r} is not a built dataset")
-
-
-def _train_batches(config, dataset_dir: str, tokenizer: Tokenizer, mesh: Mesh, seed: int,
+def _train_batches(run: TrainConfig, dataset_dir: str, tokenizer: Tokenizer, mesh: Mesh, seed: int,
                    epochs: int | None) -> pipeline.TrainBatches:
-    return pipeline.TrainBatches(
-        shards.open_split(dataset_dir, shards.TRAIN), tokenizer, config.data.template,
-        seq_len=config.data.seq_len, global_batch_size=config.data.batch_size, seed=seed,
-        num_epochs=epochs, mesh=mesh, pack_window=config.data.pack_window)
+    return pipeline.TrainBatches(shards.open_split(dataset_dir, shards.TRAIN), tokenizer, run.data, seed=seed,
+                                 num_epochs=epochs, mesh=mesh)
 
 
-def count_steps(config, dataset_dir: str, tokenizer: Tokenizer, seed: int, epochs: int) -> int:
+def count_steps(run: TrainConfig, dataset_dir: str, tokenizer: Tokenizer, seed: int, epochs: int) -> int:
     """Global batches in `epochs` passes over the packed data: the longest process's local count
     (processes that run out early feed padding until all are done, see pipeline.TrainBatches).
 
@@ -135,20 +90,18 @@ def count_steps(config, dataset_dir: str, tokenizer: Tokenizer, seed: int, epoch
     `workdir/stage_lengths.json` under everything that determines it, and a restart reads it back.
     """
     source = shards.open_split(dataset_dir, shards.TRAIN)
+    data = run.data
     stream = json.dumps({"dataset_dir": str(pathlib.Path(dataset_dir).absolute()), "records": len(source),
                          "epochs": epochs, "seed": seed, "tokenizer": str(tokenizer.path),
-                         "template": config.data.template, "seq_len": config.data.seq_len,
-                         "batch_size": config.data.batch_size, "pack_window": config.data.pack_window,
-                         "processes": jax.process_count()}, sort_keys=True)
-    cache_path = pathlib.Path(config.workdir) / "stage_lengths.json"
+                         "template": data.template, "seq_len": data.seq_len, "batch_size": data.batch_size,
+                         "pack_window": data.pack_window, "processes": jax.process_count()}, sort_keys=True)
+    cache_path = pathlib.Path(run.workdir) / "stage_lengths.json"
     cache = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
     if stream in cache:
         return cache[stream]
     local = pipeline.ProcessBatches(
-        source, tokenizer, config.data.template, seq_len=config.data.seq_len,
-        local_batch_size=config.data.batch_size // jax.process_count(), seed=seed, num_epochs=epochs,
-        process_index=jax.process_index(), process_count=jax.process_count(),
-        pack_window=config.data.pack_window)
+        source, tokenizer, data, local_batch_size=data.batch_size // jax.process_count(), seed=seed,
+        num_epochs=epochs, process_index=jax.process_index(), process_count=jax.process_count())
     steps = sum(1 for _ in local)
     if jax.process_count() > 1:
         steps = int(multihost_utils.process_allgather(np.int32(steps)).max())
@@ -158,35 +111,18 @@ def count_steps(config, dataset_dir: str, tokenizer: Tokenizer, seed: int, epoch
     return steps
 
 
-def _check_cadence(config) -> None:
-    for name, value, least in (("checkpoint.every_steps", config.checkpoint.every_steps, 1),
-                               ("checkpoint.keep", config.checkpoint.keep, 1),
-                               ("log_every_steps", config.log_every_steps, 1),
-                               ("eval_every_steps", config.eval_every_steps, 0),
-                               ("data.batch_size", config.data.batch_size, 1)):
-        if not isinstance(value, int) or value < least:
-            raise ConfigError(f"{name} must be an integer >= {least}, got {value!r}")
-
-
-def plan_stages(config, tokenizer: Tokenizer) -> list[StagePlan]:
-    _check_cadence(config)
-    names = list(config.stage_order)
-    if sorted(names) != sorted(config.stages.keys()):
-        raise StageConfigError(f"stage_order {names} must list each of stages {sorted(config.stages)} once")
+def plan_stages(run: TrainConfig, tokenizer: Tokenizer) -> list[StagePlan]:
+    """Each stage with its length resolved (counting epochs over the packed data where needed)."""
+    if not run.stages:
+        raise StageConfigError("the config has no stages to train (stage_order and stages)")
     plans, first_step = [], 0
-    for index, name in enumerate(names):
-        stage = config.stages[name]
-        _check_stage(name, stage, index)
-        data_seed = config.seed + index
+    for index, stage in enumerate(run.stages):
+        data_seed = run.seed + index
         epochs = stage.epochs or None
-        num_steps = stage.num_steps or count_steps(config, stage.dataset_dir, tokenizer, data_seed, epochs)
-        optimizer = OptimizerConfig.from_config(stage.optimizer)
-        if config.data.batch_size % optimizer.grad_accum_steps:
-            raise StageConfigError(f"stages.{name}.optimizer.grad_accum_steps={optimizer.grad_accum_steps} "
-                                   f"does not divide data.batch_size={config.data.batch_size}")
-        learning_rate_schedule(optimizer, num_steps)  # fails now, not after the previous stage trained
-        plans.append(StagePlan(index=index, name=name, dataset_dir=stage.dataset_dir, init=stage.init,
-                               optimizer=optimizer, epochs=epochs, num_steps=num_steps,
+        num_steps = stage.num_steps or count_steps(run, stage.dataset_dir, tokenizer, data_seed, epochs)
+        learning_rate_schedule(stage.optimizer, num_steps)  # fails now, not after the previous stage trained
+        plans.append(StagePlan(index=index, name=stage.name, dataset_dir=stage.dataset_dir, init=stage.init,
+                               optimizer=stage.optimizer, epochs=epochs, num_steps=num_steps,
                                first_step=first_step, data_seed=data_seed))
         first_step += num_steps
     return plans
@@ -223,22 +159,22 @@ class PreemptionWatch:
 class Stage:
     """Everything one stage compiles and reads: model, optimizer, steps, data."""
 
-    def __init__(self, config, plan: StagePlan, tokenizer: Tokenizer, mesh: Mesh):
-        self.config, self.plan, self.tokenizer, self.mesh = config, plan, tokenizer, mesh
-        self.model_config = ModelConfig.from_config(config.model)
+    def __init__(self, run: TrainConfig, plan: StagePlan, tokenizer: Tokenizer, mesh: Mesh):
+        self.run, self.plan, self.tokenizer, self.mesh = run, plan, tokenizer, mesh
+        self.model_config = run.model
         self.optimizer = make_optimizer(plan.optimizer, plan.num_steps)
         self.learning_rate = learning_rate_schedule(plan.optimizer, plan.num_steps)
         self.params_abstract = params_io.abstract_params(self.model_config, mesh)
         self.state_abstract = train_step.abstract_state(self.params_abstract, self.optimizer, mesh)
         self.steps = train_step.CompiledSteps(self.model_config, self.optimizer, plan.optimizer.grad_accum_steps,
                                               mesh, self.state_abstract)
-        self.batches = _train_batches(config, plan.dataset_dir, tokenizer, mesh, plan.data_seed, plan.epochs)
+        self.batches = _train_batches(run, plan.dataset_dir, tokenizer, mesh, plan.data_seed, plan.epochs)
 
     def initial_params(self, checkpointer: Checkpointer, previous: StagePlan | None):
         init = self.plan.init
         if init == INIT_RANDOM:
-            rng = stage_init_rng(self.config.seed, self.plan.index)
-            return train_step.init_params(self.model_config, rng, self.params_abstract)
+            rng = stage_init_rng(self.run.seed, self.plan.index)
+            return train_step.init_sharded_params(self.model_config, rng, self.params_abstract)
         if init == INIT_PREVIOUS:
             return checkpointer.restore_params(previous.last_step, self.params_abstract)
         return params_io.restore_params(init, self.params_abstract)
@@ -249,12 +185,9 @@ class Stage:
         source = shards.open_split(self.plan.dataset_dir, shards.VALIDATION)
         if len(source) == 0:
             return None
-        batches: Iterator = pipeline.validation_batches(
-            source, self.tokenizer, self.config.data.template, seq_len=self.config.data.seq_len,
-            global_batch_size=self.config.data.batch_size, mesh=self.mesh,
-            pack_window=self.config.data.pack_window)
+        batches: Iterator = pipeline.validation_batches(source, self.tokenizer, self.run.data, self.mesh)
         loss_sum = weight = 0.0
-        limit = self.config.data.validation_batches
+        limit = self.run.data.validation_batches
         for index, batch in enumerate(batches):
             if 0 < limit <= index:
                 break
@@ -264,19 +197,18 @@ class Stage:
         return loss_sum / max(weight, 1.0)
 
 
-def train(config, mesh: Mesh, tokenizer: Tokenizer) -> list[StagePlan]:
+def train(run: TrainConfig, mesh: Mesh, tokenizer: Tokenizer) -> list[StagePlan]:
     """Run (or resume) every stage; returns the stage plans (their checkpoints are kept)."""
-    workdir = pathlib.Path(config.workdir)
-    plans = plan_stages(config, tokenizer)
-    checkpointer = Checkpointer(workdir / "checkpoints", keep=config.checkpoint.keep,
+    workdir = pathlib.Path(run.workdir)
+    plans = plan_stages(run, tokenizer)
+    checkpointer = Checkpointer(workdir / "checkpoints", keep=run.checkpoint.keep,
                                 keep_steps=[plan.last_step for plan in plans])
     latest = checkpointer.latest_step()
     position = checkpointer.position(latest) if latest is not None else None
     if position is not None:
         _check_resumable(position, latest, plans, checkpointer)
-    eval_config = EvalConfig.from_config(config.get("eval"))
-    evaluator = (TrainingEvaluator(eval_config, ModelConfig.from_config(config.model), tokenizer,
-                                   config.data.template, mesh) if eval_config.enabled else None)
+    evaluator = (TrainingEvaluator(run.eval, run.model, tokenizer, run.data.template, mesh)
+                 if run.eval.enabled else None)
     writer = MetricsWriter(workdir, total_steps=plans[-1].last_step, initial_step=latest or 0)
     try:
         with PreemptionWatch() as preemption:
@@ -286,7 +218,7 @@ def train(config, mesh: Mesh, tokenizer: Tokenizer) -> list[StagePlan]:
                     continue  # finished before this run started
                 resume = position if position is not None and position.stage_index == plan.index else None
                 previous = plans[plan.index - 1] if plan.index else None
-                _run_stage(config, Stage(config, plan, tokenizer, mesh), checkpointer, writer,
+                _run_stage(run, Stage(run, plan, tokenizer, mesh), checkpointer, writer,
                            preemption, resume, previous, evaluator)
     finally:
         checkpointer.wait()
@@ -306,7 +238,7 @@ def _check_resumable(position: Position, step: int, plans: list[StagePlan], chec
             f"{[(p.name, p.num_steps) for p in plans]}: use a new workdir or the config it was trained with")
 
 
-def _run_stage(config, stage: Stage, checkpointer: Checkpointer, writer: MetricsWriter,
+def _run_stage(run: TrainConfig, stage: Stage, checkpointer: Checkpointer, writer: MetricsWriter,
                preemption: PreemptionWatch, resume: Position | None, previous: StagePlan | None,
                evaluator: TrainingEvaluator | None) -> None:
     plan = stage.plan
@@ -322,8 +254,8 @@ def _run_stage(config, stage: Stage, checkpointer: Checkpointer, writer: Metrics
         state, data_state = checkpointer.restore(plan.first_step + resume.stage_step, stage.state_abstract)
         stage.batches.set_state(data_state)
         start = resume.stage_step
-    config_json = config.to_json()
-    throughput = Throughput(stage.model_config, config.data.seq_len)
+    config_json = run.to_json()
+    throughput = Throughput(stage.model_config, run.data.seq_len)
     logged_losses, logged_norms, logged_efficiency = [], [], []
 
     for stage_step in range(start + 1, plan.num_steps + 1):
@@ -334,7 +266,7 @@ def _run_stage(config, stage: Stage, checkpointer: Checkpointer, writer: Metrics
             raise TrainingStopped(f"stage {plan.name}: the data ran out at step {stage_step} of "
                                   f"{plan.num_steps}")
         throughput.add_data_wait(time.perf_counter() - waited)
-        if global_step == config.debug.nan_at_step:
+        if global_step == run.debug.nan_at_step:
             batch["loss_weights"] = batch["loss_weights"] * np.float32("nan")
         state, metrics = stage.steps.train(state, batch)
         # Fetching the loss every step is what keeps a NaN out of every checkpoint; the host does not
@@ -358,7 +290,7 @@ def _run_stage(config, stage: Stage, checkpointer: Checkpointer, writer: Metrics
 
         stage_done = stage_step == plan.num_steps
         preempted = preemption.requested()
-        if stage_step % config.log_every_steps == 0 or stage_done:
+        if stage_step % run.log_every_steps == 0 or stage_done:
             writer.write(global_step, plan.name, {
                 "loss": np.mean(logged_losses), "grad_norm": np.mean(logged_norms),
                 "learning_rate": stage.learning_rate(stage_step - 1),
@@ -366,16 +298,16 @@ def _run_stage(config, stage: Stage, checkpointer: Checkpointer, writer: Metrics
                 **throughput.report()})
             logged_losses, logged_norms, logged_efficiency = [], [], []
         evaluating = time.perf_counter()
-        if stage_done or (config.eval_every_steps and stage_step % config.eval_every_steps == 0):
+        if stage_done or (run.eval_every_steps and stage_step % run.eval_every_steps == 0):
             _write_validation(writer, stage, state.params, global_step)
         if evaluator is not None and (stage_done or (
                 evaluator.config.every_steps and stage_step % evaluator.config.every_steps == 0)):
             writer.write(global_step, plan.name, evaluator(state.params))
         throughput.exclude(time.perf_counter() - evaluating)
-        if stage_done or preempted or stage_step % config.checkpoint.every_steps == 0:
+        if stage_done or preempted or stage_step % run.checkpoint.every_steps == 0:
             waited = time.perf_counter()
             checkpointer.save(global_step, state, stage.batches.get_state(),
-                              Position(plan.index, plan.name, stage_step, config.seed), config_json)
+                              Position(plan.index, plan.name, stage_step, run.seed), config_json)
             throughput.add_checkpoint_wait(time.perf_counter() - waited)
         if preempted:
             checkpointer.wait()

@@ -17,8 +17,7 @@ import jax
 import tqdm
 from tensorboardX import SummaryWriter
 
-from orca_jax import flops
-from orca_jax.model import ModelConfig
+from orca_jax.model import ModelConfig, flops
 
 # Peak dense bf16 FLOP/s per device (keyed by jax's device_kind), from the vendors' data sheets;
 # MFU is left out elsewhere (a CPU has no meaningful peak).

@@ -14,11 +14,12 @@ import jax
 import optax
 
 from orca_jax.config import typed_block
+from orca_jax.errors import UserError
 
 DECAYS = ("cosine", "linear", "constant")
 
 
-class OptimizerConfigError(ValueError):
+class OptimizerConfigError(UserError):
     """An optimizer setting that cannot be used; the message names the field."""
 
 

@@ -21,10 +21,10 @@ from flax import linen as nn
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from orca_jax import parallel
+from orca_jax.data.packing import ROW_FIELDS
 from orca_jax.model import Llama, ModelConfig, llama
 
 Batch = dict[str, jax.Array]
-BATCH_KEYS = ("inputs", "targets", "loss_weights", "segment_ids", "positions")
 
 
 @flax.struct.dataclass
@@ -51,7 +51,7 @@ def shardings_of(abstract_tree):
     return jax.tree.map(lambda leaf: leaf.sharding, abstract_tree)
 
 
-def init_params(model_config: ModelConfig, rng: jax.Array, params_abstract):
+def init_sharded_params(model_config: ModelConfig, rng: jax.Array, params_abstract):
     """Random parameters (from `params_io.abstract_params`), created directly in their shards."""
     mesh = jax.tree.leaves(params_abstract)[0].sharding.mesh
     with parallel.activate(mesh):
@@ -127,7 +127,7 @@ class CompiledSteps:
         self.mesh = mesh
         shardings = shardings_of(state_abstract)
         model = Llama(model_config)
-        batch_sharding = {key: parallel.batch_sharding(mesh) for key in BATCH_KEYS}
+        batch_sharding = {key: parallel.batch_sharding(mesh) for key in ROW_FIELDS}
         replicated = NamedSharding(mesh, PartitionSpec())
         self.jitted_train = jax.jit(functools.partial(train_step, model, optimizer, num_microbatches),
                                     in_shardings=(shardings, batch_sharding),
