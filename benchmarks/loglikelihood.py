@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         rows, _, _ = build_rows(pairs, flags.row_length, PAD_ID, packed=packed)
         fill = float(np.count_nonzero(rows["segment_ids"]) / rows["segment_ids"].size)
 
-        def run():
+        def run(packed=packed):
             return score_pairs(params, CONFIG, pairs, pad_id=PAD_ID, row_length=flags.row_length,
                                batch_rows=flags.batch_rows, packed=packed)
 

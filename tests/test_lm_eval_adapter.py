@@ -72,7 +72,8 @@ metric_list:
     return tmp_path, rows
 
 
-def test_harness_runs_local_tasks_offline_with_our_numbers(tiny, tasks, tmp_path, no_network, capsys):
+@pytest.mark.slow  # ~35 s on 2 cores: the harness builds its tasks and datasets
+def test_harness_runs_local_tasks_offline_with_our_numbers(tiny, tasks, tmp_path, no_network, capsys):  # noqa: F811
     root, tokenizer, _, _, _, _ = tiny
     task_dir, rows = tasks
     output = tmp_path / "results.json"
@@ -88,7 +89,8 @@ def test_harness_runs_local_tasks_offline_with_our_numbers(tiny, tasks, tmp_path
     # Multiple choice: the harness's log-likelihoods are our loglikelihood module's on the same text.
     lm = lm_eval_adapter.load_lm(root / "params", tokenizer.path)
     contexts = [f"Q: {row['question']}\nA:" for row in rows]
-    pairs = [encode_pair(tokenizer, context, " " + choice) for context, row in zip(contexts, rows) for choice in row["choices"]]
+    pairs = [encode_pair(tokenizer, context, " " + choice)
+             for context, row in zip(contexts, rows) for choice in row["choices"]]
     ours = score_pairs(lm.params, lm.model_config, pairs, pad_id=tokenizer.pad_id, mesh=lm.mesh,
                        params_dtype=lm.params_dtype, axis_rules=parallel.DECODE_AXIS_RULES)
     harness = [float(resp[0][0]) for sample in samples["tiny_mc"] for resp in sample["resps"]]
@@ -105,7 +107,7 @@ def test_harness_runs_local_tasks_offline_with_our_numbers(tiny, tasks, tmp_path
     assert [sample["resps"][0][0] for sample in samples["tiny_gen"]] == expected
 
 
-def test_rolling_loglikelihood_matches_transformers_over_two_windows(tiny):
+def test_rolling_loglikelihood_matches_transformers_over_two_windows(tiny):  # noqa: F811
     _, tokenizer, hf_model, model_config, mesh, params = tiny
     lm = lm_eval_adapter.OrcaJaxLM(params, model_config, tokenizer, mesh=mesh, axis_rules=parallel.LOGICAL_AXIS_RULES)
     text = " ".join(f"Is {a} more than {b}?" for a, b in PAIRS * 3)
@@ -120,10 +122,11 @@ def test_rolling_loglikelihood_matches_transformers_over_two_windows(tiny):
     assert got == pytest.approx(first + second, abs=2e-4)
     # Plain loglikelihood with an empty context conditions on BOS alone.
     empty, = lm.loglikelihood([types.SimpleNamespace(args=("", "Is 5 more"))])
-    assert empty[0] == pytest.approx(hf_logprob(hf_model, Pair((tokenizer.bos_id,), tuple(tokenizer.encode("Is 5 more")))), abs=1e-4)
+    alone = Pair((tokenizer.bos_id,), tuple(tokenizer.encode("Is 5 more")))
+    assert empty[0] == pytest.approx(hf_logprob(hf_model, alone), abs=1e-4)
 
 
-def test_stop_strings_and_errors(tiny, capsys):
+def test_stop_strings_and_errors(tiny, capsys):  # noqa: F811
     assert lm_eval_adapter.cut_at_stop("yes it is) and", [")", " and"]) == "yes it is"
     assert lm_eval_adapter.cut_at_stop("abc", ["", "x"]) == "abc"
     root = tiny[0]

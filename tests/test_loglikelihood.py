@@ -131,11 +131,13 @@ def test_evaluate_cli_scores_bbh_by_loglikelihood(tiny, tmp_path, capsys):
     rows = [{"input": f"Is {a} more than {b}?\nOptions:\n(A) yes it is\n(B) no it is not",
              "target": "(A)" if a > b else "(B)"} for a, b in ((5, 2), (1, 7), (9, 3), (0, 4))]
     (bench / "bbh" / "snarks.json").write_text(json.dumps({"examples": rows}))
-    (bench / "bbh" / "web_of_lies.json").write_text(json.dumps({"examples": [{"input": "Ka lies?", "target": "No"}]}))
+    web_of_lies = {"examples": [{"input": "Ka lies?", "target": "No"}]}
+    (bench / "bbh" / "web_of_lies.json").write_text(json.dumps(web_of_lies))
     config_file = tmp_path / "config.py"
     config_file.write_text(
         "from ml_collections import ConfigDict\n\n\ndef get_config():\n    return ConfigDict({\n"
-        "        'model': {'vocab_size': 7, 'max_seq_len': 16, 'compute_dtype': 'bfloat16'},\n        'mesh': {'data': -1, 'fsdp': 1, 'tensor': 1},\n"
+        "        'model': {'vocab_size': 7, 'max_seq_len': 16, 'compute_dtype': 'bfloat16'},\n"
+        "        'mesh': {'data': -1, 'fsdp': 1, 'tensor': 1},\n"
         f"        'data': {{'tokenizer': {str(tokenizer.path)!r}, 'template': 'orca'}},\n    }})\n")
     output = tmp_path / "rows.jsonl"
     code = evaluate_main(["--config", str(config_file), "--config.model.compute_dtype=float32", "--params",
@@ -147,7 +149,8 @@ def test_evaluate_cli_scores_bbh_by_loglikelihood(tiny, tmp_path, capsys):
     assert report["provenance"]["method"] == "loglikelihood" and report["tasks"]["snarks"]["n"] == 4
     saved = [json.loads(line) for line in output.read_text().splitlines()]
     first = saved[0]
-    assert first["prompt"] == "Q: " + rows[0]["input"] + "\nA:" and first["choices"] == ["(A) yes it is", "(B) no it is not"]
+    assert first["prompt"] == "Q: " + rows[0]["input"] + "\nA:"
+    assert first["choices"] == ["(A) yes it is", "(B) no it is not"]
     for choice, logprob in zip(first["choices"], first["loglikelihoods"]):
         pair = ll.encode_pair(tokenizer, first["prompt"], " " + choice)
         assert logprob == pytest.approx(hf_logprob(hf_model, pair), abs=1e-4)

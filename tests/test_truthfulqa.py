@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from conftest import SHARED_BENCHMARKS
 from test_loglikelihood import hf_logprob
 
 from orca_jax.data.tokenizer import Tokenizer, train_tokenizer
@@ -19,6 +18,8 @@ from orca_jax.eval.loglikelihood import encode_pair
 from orca_jax.eval.main import main as evaluate_main
 from orca_jax.eval.scoring import score
 from orca_jax.model import convert
+
+from conftest import SHARED_BENCHMARKS
 
 SHARED_FILE = SHARED_BENCHMARKS / "truthfulqa" / truthfulqa.FILE_NAME
 needs_shared = pytest.mark.skipif(not SHARED_FILE.is_file(), reason="no shared TruthfulQA file")
@@ -51,7 +52,8 @@ def test_reader_errors_name_file_row_and_field(tmp_path):
     questions = truthfulqa.read_mc_task(good)
     assert questions[1].mc2 == (("No, the sky is blue.", True), ("Yes, the sky is green.", False), ("Yes.", False))
     two_true = [QUESTIONS[0], {**QUESTIONS[1], "mc1_targets": {"a": 1, "b": 1}}]
-    with pytest.raises(truthfulqa.TruthfulQAFormatError, match=r"bad\.json: row 1: field 'mc1_targets' must have exactly one"):
+    with pytest.raises(truthfulqa.TruthfulQAFormatError,
+                       match=r"bad\.json: row 1: field 'mc1_targets' must have exactly one"):
         truthfulqa.read_mc_task(write(tmp_path / "bad.json", two_true))
     with pytest.raises(truthfulqa.TruthfulQAFormatError, match=r"row 0: field 'question' is missing"):
         truthfulqa.read_mc_task(write(tmp_path / "q.json", [{"mc1_targets": {}, "mc2_targets": {}}]))
@@ -133,7 +135,8 @@ def test_loglikelihood_reports_mc1_and_mc2_as_the_authors_compute_them(tiny, tmp
         assert mc2_row["prompt"] == prompt
         reference = {answer: hf_logprob(hf_model, encode_pair(tokenizer, prompt, " " + answer))
                      for answer in {**question["mc1_targets"], **question["mc2_targets"]}}
-        np.testing.assert_allclose(mc2_row["loglikelihoods"], [reference[a] for a in question["mc2_targets"]], atol=1e-4)
+        np.testing.assert_allclose(mc2_row["loglikelihoods"], [reference[a] for a in question["mc2_targets"]],
+                                   atol=1e-4)
         # MC2 by hand from transformers' numbers: plain exp, as the authors' code does it.
         p = {a: math.exp(reference[a]) for a in question["mc2_targets"]}
         expected_mc2.append(sum(v for a, v in p.items() if question["mc2_targets"][a]) / sum(p.values()))

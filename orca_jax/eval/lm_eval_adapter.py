@@ -190,7 +190,8 @@ def main(argv: list[str] | None = None) -> int:
         lm = load_lm(flags.params, tokenizer_path(flags), batch_size=flags.batch_size, params_dtype=flags.params_dtype)
         limit = None if flags.limit is None else (int(flags.limit) if flags.limit >= 1 else flags.limit)
         results = simple_evaluate(model=lm, tasks=[t for t in flags.tasks.split(",") if t], limit=limit,
-                                  num_fewshot=flags.num_fewshot, task_manager=TaskManager(include_path=flags.include_path),
+                                  num_fewshot=flags.num_fewshot,
+                                  task_manager=TaskManager(include_path=flags.include_path),
                                   log_samples=bool(flags.output), bootstrap_iters=0)
     except (ValueError, FileNotFoundError) as error:  # UserError is a ValueError
         print(f"orca-jax lm-eval: {error}", file=sys.stderr)
