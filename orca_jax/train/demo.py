@@ -19,6 +19,7 @@ from orca_jax.data.tokenizer import Tokenizer, train_tokenizer
 from orca_jax.eval.during_training import ACCURACY
 from orca_jax.train.config import TrainConfig
 from orca_jax.train.loop import StagePlan
+from orca_jax.train.report import write_report as write_figures
 
 DEMO_FILES = ("stage1", "stage2", "eval")
 
@@ -84,7 +85,8 @@ def demo_report(run: TrainConfig, plans: list[StagePlan]) -> dict:
 
 
 def write_report(run: TrainConfig, plans: list[StagePlan]) -> None:
-    """Print the report and write it to workdir/report.json."""
+    """Print the report and write it to workdir/report.json, and the figures with their Markdown page to
+    workdir/report/ (train/report.py, what `orca-jax report WORKDIR` writes)."""
     report = demo_report(run, plans)
     (pathlib.Path(run.workdir) / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     print("\n== demo report ==")
@@ -93,3 +95,4 @@ def write_report(run: TrainConfig, plans: list[StagePlan]) -> None:
     if report["accuracy"]:
         print("held-out accuracy (mean over tasks): " + ", ".join(
             f"{name} {value:.1%}" for name, value in report["accuracy"].items()))
+    print(f"figures and summary: {write_figures(run.workdir)}")
