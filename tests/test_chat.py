@@ -8,8 +8,8 @@ import json
 import os
 import pty
 import select
-import subprocess
 import shutil
+import subprocess
 import sys
 import time
 

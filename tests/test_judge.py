@@ -13,12 +13,13 @@ import time
 
 import numpy as np
 import pytest
-from conftest import SHARED_BENCHMARKS
-from judge_server import judge_server, plan_key, quality
-from teacher_server import RETRY_AFTER_S, leaked_runs
 
 from orca_jax.data.construct.teacher import TeacherError
 from orca_jax.eval import judge, judge_report, prompt_sets
+
+from conftest import SHARED_BENCHMARKS
+from judge_server import judge_server, plan_key, quality
+from teacher_server import RETRY_AFTER_S, leaked_runs
 
 KEY = "sk-judge-" + "Qw3Er5Ty7Ui9Op1As3Df5Gh7Jk9Lz"
 MAX_ATTEMPTS = 4
@@ -276,6 +277,7 @@ def test_candidate_answers_generated_and_reference_answers_fetched(tmp_path, mon
     from orca_jax.eval.generate import abstract_decode_params, greedy_generate
     from orca_jax.model import llama, params_io
     from orca_jax.model.config import ModelConfig
+
     from teacher_server import TeacherServer, reply_for
 
     data = write_set(tmp_path, 5)

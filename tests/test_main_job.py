@@ -7,9 +7,9 @@ import sys
 
 import pytest
 
-from orca_jax.config import ConfigError, load_config
-from orca_jax.model.config import ModelConfig
-from orca_jax.train.config import StageConfigError, TrainConfig, check_vocabulary
+from orca_jax.config import load_config
+from orca_jax.data.tokenizer import TokenizerError
+from orca_jax.train.config import StageConfigError, TrainConfig
 from orca_jax.train.main import main
 
 from synthetic_text import trained_tokenizer
@@ -103,7 +103,7 @@ def test_cross_field_checks_stop_before_any_work(tmp_path, capsys, override, mes
 
 def test_the_tokenizer_must_fit_the_model(tmp_path):
     tokenizer = trained_tokenizer(tmp_path)
-    check_vocabulary(tokenizer, ModelConfig(vocab_size=tokenizer.vocab_size))
-    with pytest.raises(ConfigError, match=rf"has {tokenizer.vocab_size} ids \(pieces \+ pad\) but "
-                                          rf"model.vocab_size is {tokenizer.vocab_size - 1}"):
-        check_vocabulary(tokenizer, ModelConfig(vocab_size=tokenizer.vocab_size - 1))
+    tokenizer.check_fits(tokenizer.vocab_size)
+    with pytest.raises(TokenizerError, match=rf"has {tokenizer.vocab_size} ids \(pieces \+ pad\) but "
+                                             rf"model.vocab_size is {tokenizer.vocab_size - 1}"):
+        tokenizer.check_fits(tokenizer.vocab_size - 1)

@@ -5,11 +5,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from test_generate import CONFIG, PAD_ID, UNREACHABLE_EOS, params, random_prompt  # noqa: F401 (fixture)
 
 from orca_jax.errors import UserError
 from orca_jax.eval import generate, sampling
 from orca_jax.eval.sampling import Sampler
+
+from test_generate import CONFIG, PAD_ID, UNREACHABLE_EOS, params, random_prompt  # noqa: F401 (fixture)
 
 LOGITS = np.array([[2.0, 1.0, 0.5, 0.0, -1.0, 3.0, 9.0],
                    [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 9.0]], np.float32)

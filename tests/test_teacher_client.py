@@ -13,12 +13,13 @@ import pytest
 
 from orca_jax.config import load_config
 from orca_jax.data import records
-from orca_jax.data.construct.journal import Journal
 from orca_jax.data.construct.cli import main as construct_main
+from orca_jax.data.construct.journal import Journal
 from orca_jax.data.construct.query import ingest_batch, prepare_batch, run_queries
 from orca_jax.data.construct.ratelimit import RateLimiter
 from orca_jax.data.construct.system_messages import SYSTEM_MESSAGES
 from orca_jax.data.construct.teacher import TeacherConfig
+
 from teacher_server import FAULTS, KEY_AT, TeacherServer, leaked_runs, reply_for
 
 API_KEY = "sk-test-3f9c1e7d5b2a-do-not-leak"
@@ -202,7 +203,8 @@ def test_a_key_echoed_across_the_excerpt_cut_is_never_written_in_part(tmp_path, 
     key = "sk-proj-" + "Zq7Xw2Lm9Rt4Vb8Nc1Kd6Hs3Jf5Gp0Ya"
     assert KEY_AT < 200 < KEY_AT + len(key)
     queries = write_queries(tmp_path / "queries.jsonl", 4)
-    plan = {queries[0]["question"]: ["500long"] * MAX_ATTEMPTS, queries[1]["question"]: ["malformed_key"] * MAX_ATTEMPTS,
+    plan = {queries[0]["question"]: ["500long"] * MAX_ATTEMPTS,
+            queries[1]["question"]: ["malformed_key"] * MAX_ATTEMPTS,
             queries[2]["question"]: ["500long", "malformed_key"]}
     with TeacherServer(key, plan) as server:
         report = run_queries(tmp_path / "queries.jsonl", tmp_path / "answers.jsonl", tmp_path / "failed.jsonl",
@@ -229,7 +231,8 @@ def completion(text: str, finish_reason: str = "stop") -> dict:
 def test_batch_prepare_writes_one_request_per_pending_query(tmp_path, repo_root):
     queries = write_queries(tmp_path / "queries.jsonl", 7)
     (tmp_path / "answers.jsonl").write_text(json.dumps(
-        {"id": "t0.0", "system_prompt": "", "question": "q", "response": "r", "teacher": "t", "finish_reason": "stop"}) + "\n")
+        {"id": "t0.0", "system_prompt": "", "question": "q", "response": "r", "teacher": "t",
+         "finish_reason": "stop"}) + "\n")
     config = teacher_config(repo_root, "https://api.example.invalid/v1")
     result = prepare_batch(tmp_path / "queries.jsonl", tmp_path / "answers.jsonl", tmp_path / "failed.jsonl",
                            tmp_path / "batch.jsonl", config, max_requests=4)

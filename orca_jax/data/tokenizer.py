@@ -53,6 +53,13 @@ class Tokenizer:
                 f"tokenizer model {path} is not a readable sentencepiece model: {err}") from None
         return cls(processor, path)
 
+    def check_fits(self, model_vocab_size: int) -> None:
+        """Every id this tokenizer makes (its pieces and the appended pad) must have a row in a model of
+        `model_vocab_size` rows: the one vocabulary check every command makes."""
+        if self.vocab_size > model_vocab_size:
+            raise TokenizerError(f"the tokenizer {self.path} has {self.vocab_size} ids (pieces + pad) but "
+                                 f"model.vocab_size is {model_vocab_size}")
+
     def encode(self, text: str) -> list[int]:
         """Token ids of `text`, without BOS or EOS."""
         return self._sp.encode(text, add_bos=False, add_eos=False)

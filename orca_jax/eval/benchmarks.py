@@ -25,6 +25,7 @@ import string
 from collections.abc import Sequence
 
 from orca_jax.data.jsonl import RecordFormatError, read_objects, require_strings
+from orca_jax.errors import UserError
 
 BBH_FREE_FORM_TASKS = ("dyck_languages", "multistep_arithmetic_two", "object_counting", "word_sorting")
 BBH_ALL_TASKS = (
@@ -95,14 +96,14 @@ def task_paths(directory: str | pathlib.Path, suffix: str, tasks: Sequence[str] 
     """The files of `tasks` (all tasks, sorted, when None) in `directory`, in the order asked."""
     directory = pathlib.Path(directory)
     if not directory.is_dir():
-        raise FileNotFoundError(f"benchmark directory {directory} does not exist")
+        raise UserError(f"benchmark directory {directory} does not exist")
     available = {path.name[:-len(suffix)]: path for path in directory.glob(f"*{suffix}")}
     if not available:
-        raise FileNotFoundError(f"benchmark directory {directory} holds no *{suffix} files")
+        raise UserError(f"benchmark directory {directory} holds no *{suffix} files")
     chosen = sorted(available) if tasks is None else list(tasks)
     unknown = [task for task in chosen if task not in available]
     if unknown:
-        raise ValueError(f"unknown tasks {unknown} in {directory}; available: {sorted(available)}")
+        raise UserError(f"unknown tasks {unknown} in {directory}; available: {sorted(available)}")
     return [available[task] for task in chosen]
 
 
@@ -159,7 +160,7 @@ def read_demo(path: str | pathlib.Path) -> list[Example]:
     """
     path = pathlib.Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"demo eval file {path} does not exist (write it with orca-jax make-demo-data)")
+        raise UserError(f"demo eval file {path} does not exist (write it with orca-jax make-demo-data)")
     examples, per_task = [], {}
     for line_number, row in read_objects(path):
         require_strings(path, line_number, row, ("id", "system_prompt", "question", "answer"))
@@ -170,7 +171,7 @@ def read_demo(path: str | pathlib.Path) -> list[Example]:
         examples.append(Example(benchmark="demo", task=task, index=per_task[task], question=row["question"],
                                 gold=row["answer"], system_prompt=row["system_prompt"]))
     if not examples:
-        raise ValueError(f"{path}: no eval rows")
+        raise UserError(f"{path}: no eval rows")
     return examples
 
 
@@ -182,7 +183,7 @@ def read_benchmark(name: str, directory: str | pathlib.Path, tasks: Sequence[str
         if tasks is not None:
             unknown = sorted(set(tasks) - {example.task for example in examples})
             if unknown:
-                raise ValueError(f"unknown demo tasks {unknown} in {directory}")
+                raise UserError(f"unknown demo tasks {unknown} in {directory}")
             examples = [example for example in examples if example.task in tasks]
         return examples
     if name == "bbh":
@@ -192,7 +193,7 @@ def read_benchmark(name: str, directory: str | pathlib.Path, tasks: Sequence[str
     if name == "truthfulqa":
         from orca_jax.eval import truthfulqa  # it builds on this module's Example: imported here, not above
         return truthfulqa.read_lettered(directory)
-    raise ValueError(f"unknown benchmark {name!r}; choose one of {list(BENCHMARKS)}")
+    raise UserError(f"unknown benchmark {name!r}; choose one of {list(BENCHMARKS)}")
 
 
 def load_suite(suite: str, *, benchmarks_dir: str | pathlib.Path | None = None,
@@ -203,7 +204,7 @@ def load_suite(suite: str, *, benchmarks_dir: str | pathlib.Path | None = None,
     `benchmarks_dir` holds bbh/ and agieval/; `demo_path` is the demo's eval.jsonl.
     """
     if suite not in SUITES:
-        raise ValueError(f"unknown suite {suite!r}; choose one of {sorted(SUITES)}")
+        raise UserError(f"unknown suite {suite!r}; choose one of {sorted(SUITES)}")
     examples = []
     for benchmark, suite_tasks in SUITES[suite]:
         chosen = suite_tasks
@@ -213,17 +214,17 @@ def load_suite(suite: str, *, benchmarks_dir: str | pathlib.Path | None = None,
                 continue
         if benchmark == "demo":
             if demo_path is None:
-                raise ValueError("the demo suite needs the demo's eval.jsonl (--eval_path)")
+                raise UserError("the demo suite needs the demo's eval.jsonl (--eval_path)")
             directory = demo_path
         else:
             if benchmarks_dir is None:
-                raise ValueError(f"suite {suite!r} needs --benchmarks_dir (the folder holding bbh/ and agieval/)")
+                raise UserError(f"suite {suite!r} needs --benchmarks_dir (the folder holding bbh/ and agieval/)")
             directory = pathlib.Path(benchmarks_dir) / benchmark
         examples += read_benchmark(benchmark, directory, chosen)
     if tasks is not None:
         missing = sorted(set(tasks) - {example.task for example in examples})
         if missing:
-            raise ValueError(f"tasks {missing} are not in suite {suite!r}")
+            raise UserError(f"tasks {missing} are not in suite {suite!r}")
     if limit:
         examples = [example for example in examples if example.index < limit]
     return examples

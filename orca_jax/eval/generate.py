@@ -306,7 +306,8 @@ def _decode_prepared(params, model_config: ModelConfig, prompt_tokens: np.ndarra
     parallel.check_divisible("eval batch size", prompt_tokens.shape[0], mesh, batch_axes)
     decoder = _compiled_decoder(model_config, max_new_tokens, min_bucket, axis_rules,
                                 NamedSharding(mesh, PartitionSpec()))
-    prompt_tokens = jax.device_put(prompt_tokens, parallel.logical_sharding(mesh, ("batch", "length"), rules=axis_rules))
+    prompt_tokens = jax.device_put(prompt_tokens,
+                                   parallel.logical_sharding(mesh, ("batch", "length"), rules=axis_rules))
     prompt_lengths = jax.device_put(prompt_lengths, parallel.logical_sharding(mesh, ("batch",), rules=axis_rules))
     with parallel.activate(mesh, rules=axis_rules):
         generated, steps = decoder(params, prompt_tokens, prompt_lengths, eos_id, pad_id)

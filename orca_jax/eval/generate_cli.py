@@ -28,20 +28,15 @@ from collections.abc import Sequence
 
 from jax.sharding import Mesh
 
-from orca_jax import parallel
-from orca_jax.config import parse_config_args
+from orca_jax.config import default_config, parse_config_args
 from orca_jax.data.jsonl import read_objects
 from orca_jax.data.templates import TEMPLATES, Template, encode_prompt, get_template
 from orca_jax.data.tokenizer import Tokenizer
 from orca_jax.errors import UserError
-from orca_jax.eval import generate, sampling
+from orca_jax.eval import generate, loading, sampling
 from orca_jax.eval.prompts import resolve_system_message
-from orca_jax.model import params_io
-from orca_jax.model.config import FLOAT_DTYPES, ModelConfig
+from orca_jax.model.config import ModelConfig
 
-DEFAULT_CONFIG = pathlib.Path(__file__).resolve().parents[2] / "configs" / "demo.py"
-# Room for an explanation, and never more than a quarter of the window (as `orca-jax evaluate`).
-LONGEST_DEFAULT_NEW_TOKENS = 512
 # Between stop-string checks; without stop strings a batch decodes in one call.
 STOP_CHECK_TOKENS = 16
 REPLACEMENT_CHAR = "\ufffd"  # what sentencepiece decodes an incomplete UTF-8 byte sequence to
@@ -65,16 +60,14 @@ def add_decoding_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max_new_tokens", type=int, help="default min(512, max_seq_len / 4)")
     parser.add_argument("--stop", action="append", default=[], metavar="TEXT",
                         help="end a response where this text appears (cut before it); repeatable")
-    parser.add_argument("--params_dtype", default="compute",
-                        help="'compute' (the model's compute dtype), 'stored' (its param_dtype), or a dtype")
+    parser.add_argument("--params_dtype", default="compute", help=loading.PARAMS_DTYPE_CHOICES)
     parser.add_argument("--mesh", help="data,fsdp,tensor sizes (-1: the rest); default one device")
 
 
 def parse_flags(argv: list[str], parser: argparse.ArgumentParser):
     """(config, overridden model fields, flags); `--config F` / `--config.x=y` go to the config loader."""
-    config, rest = parse_config_args(argv, default=str(DEFAULT_CONFIG))
-    model_fields = [arg.split("=", 1)[0][len("--config.model."):] for arg in argv
-                    if arg.startswith("--config.model.")]
+    config, rest = parse_config_args(argv, default=default_config("demo"))
+    model_fields = loading.model_fields_overridden(argv)
     flags = parser.parse_args(rest)
     if any(not stop for stop in flags.stop):
         raise GenerateError("--stop: an empty stop string would end every response at once")
@@ -97,49 +90,19 @@ class LoadedModel:
                                        choose_token=choose, mesh=self.mesh, min_bucket=min_bucket)
 
 
-def _mesh(flags) -> Mesh | None:
-    if flags.mesh is None:
-        return None
-    try:
-        data, fsdp, tensor = (int(size) for size in flags.mesh.split(","))
-    except ValueError:
-        raise GenerateError(f"--mesh {flags.mesh!r}: expected three sizes data,fsdp,tensor such as 1,1,4") from None
-    return parallel.make_mesh(data, fsdp, tensor)
-
-
-def _params_dtype(model_config: ModelConfig, choice: str) -> str:
-    if choice == "compute":
-        return str(generate.decode_params_dtype(model_config))
-    if choice == "stored":
-        return model_config.param_dtype
-    if choice not in FLOAT_DTYPES:
-        raise GenerateError(f"--params_dtype {choice!r}: choose compute, stored or one of {FLOAT_DTYPES}")
-    return choice
-
-
 def load_model(config, model_fields: list[str], flags) -> LoadedModel:
     """Restore `--params` in the decode dtype and layout, with its tokenizer and template."""
-    if not (pathlib.Path(flags.params) / params_io.PARAMS_SUBDIR).is_dir():
-        raise GenerateError(f"--params {flags.params}: not a params directory or checkpoint step "
-                            f"(no {params_io.PARAMS_SUBDIR}/ in it)")
-    stored = params_io.stored_model_config(flags.params)
-    if stored is None:
-        model_config = ModelConfig.from_config(config.model)
-    else:
-        overrides = {field: config.model[field] for field in model_fields}
-        model_config = ModelConfig.from_config({**dataclasses.asdict(stored), **overrides})
+    loading.require_params_dir(flags.params)
+    model_config = loading.model_config_for(flags.params, config, model_fields)
     tokenizer = Tokenizer.load(flags.tokenizer or config.data.tokenizer)
-    if tokenizer.vocab_size > model_config.vocab_size:
-        raise GenerateError(f"the tokenizer {tokenizer.path} has {tokenizer.vocab_size} ids but the model's "
-                            f"vocab_size is {model_config.vocab_size}")
-    max_new_tokens = flags.max_new_tokens or min(LONGEST_DEFAULT_NEW_TOKENS, model_config.max_seq_len // 4)
-    if not 0 < max_new_tokens < model_config.max_seq_len:
-        raise GenerateError(f"--max_new_tokens {max_new_tokens} must be in 1..{model_config.max_seq_len - 1} "
-                            f"(the model's window is max_seq_len={model_config.max_seq_len})")
+    tokenizer.check_fits(model_config.vocab_size)
+    max_new_tokens = flags.max_new_tokens or loading.default_max_new_tokens(model_config)
+    loading.check_max_new_tokens(max_new_tokens, model_config)
     sampling.chooser(flags.temperature, flags.top_k, flags.top_p)  # bad flags fail before the restore
-    mesh = _mesh(flags)
-    abstract = generate.abstract_decode_params(model_config, mesh, _params_dtype(model_config, flags.params_dtype))
-    params = params_io.restore_params(flags.params, abstract)
+    # One device unless --mesh names more: a chat turn is one row.
+    mesh = loading.parse_mesh(flags.mesh) if flags.mesh else None
+    params = loading.restore_for_decoding(flags.params, model_config, mesh,
+                                          loading.params_dtype(model_config, flags.params_dtype))
     template = get_template(flags.template or config.data.template)
     return LoadedModel(params, model_config, tokenizer, template, mesh, max_new_tokens)
 

@@ -254,26 +254,23 @@ def run_judging(jobs: Sequence[Job], reviewers: Mapping[str, Reviewer], config: 
 def generate_answers(prompts, flags, config, out_path: pathlib.Path) -> int:
     """Greedy answers of the model at --params to the prompts `out_path` lacks, appended to it in chunks
     (a killed run loses at most one chunk). JAX is imported here so judging files needs none of it."""
-    from orca_jax import parallel
     from orca_jax.data.templates import encode_prompt, get_template
     from orca_jax.data.tokenizer import Tokenizer
-    from orca_jax.eval import generate
+    from orca_jax.eval import generate, loading
     from orca_jax.eval.prompts import resolve_system_message
-    from orca_jax.model import params_io
-    from orca_jax.model.config import ModelConfig
 
     have = read_answers(out_path)
     todo = [prompt for prompt in prompts if prompt.id not in have]
     if not todo:
         return 0
-    model_config = params_io.stored_model_config(flags.params) or ModelConfig.from_config(config.model)
+    model_config = loading.model_config_for(flags.params, config)
     tokenizer = Tokenizer.load(flags.tokenizer or config.data.tokenizer)
+    tokenizer.check_fits(model_config.vocab_size)
     template = get_template(flags.template or config.data.template)
     system = resolve_system_message(flags.system_message) or ""
     max_new_tokens = flags.max_new_tokens or min(1024, model_config.max_seq_len // 2)
-    data, fsdp, tensor = (int(size) for size in (flags.mesh or "-1,1,1").split(","))
-    mesh = parallel.make_mesh(data, fsdp, tensor)
-    params = params_io.restore_params(flags.params, generate.abstract_decode_params(model_config, mesh))
+    mesh = loading.parse_mesh(flags.mesh)
+    params = loading.restore_for_decoding(flags.params, model_config, mesh)
     chunk = flags.batch_size * 4
     with Journal(out_path) as answers:
         for start in range(0, len(todo), chunk):
@@ -304,7 +301,8 @@ def fetch_reference_answers(prompts, flags, out_path: pathlib.Path) -> None:
                          key_env=flags.reference_api_key_env, temperature=flags.reference_temperature,
                          max_tokens=flags.reference_max_tokens)
     run_queries(queries, out_path, out_path.with_name(out_path.stem + ".failed.jsonl"), config,
-                api_key_from(flags.reference_api_key_env, "--reference_api_key_env"), show_progress=not flags.no_progress)
+                api_key_from(flags.reference_api_key_env, "--reference_api_key_env"),
+                show_progress=not flags.no_progress)
 
 
 def api_key_from(variable: str, flag: str) -> str:
@@ -315,7 +313,8 @@ def api_key_from(variable: str, flag: str) -> str:
     return os.environ[variable]
 
 
-def chat_config(flags, *, model: str, base_url: str, key_env: str, temperature: float, max_tokens: int) -> TeacherConfig:
+def chat_config(flags, *, model: str, base_url: str, key_env: str, temperature: float,
+                max_tokens: int) -> TeacherConfig:
     return TeacherConfig(base_url=base_url, model=model, temperature=temperature, max_tokens=max_tokens,
                          api_key_env=key_env, concurrency=flags.judge_concurrency,
                          requests_per_minute=flags.judge_rpm, tokens_per_minute=flags.judge_tpm,
@@ -327,7 +326,8 @@ def chat_config(flags, *, model: str, base_url: str, key_env: str, temperature: 
 def parse_flags(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="orca-jax judge", description=__doc__.split("\n\n")[0])
     add = parser.add_argument
-    add("--prompts", required=True, help="the prompt set: Vicuna question.jsonl, Awesome prompts.csv, WizardLM jsonl, any JSONL")
+    add("--prompts", required=True,
+        help="the prompt set: Vicuna question.jsonl, Awesome prompts.csv, WizardLM jsonl, any JSONL")
     add("--prompt_format", choices=prompt_sets.FORMATS, default="auto")
     add("--set_name", help="the set's name in the report (default: the prompts file's stem)")
     add("--limit", type=int, help="only the first N prompts")
@@ -379,18 +379,22 @@ def run(config, flags) -> dict:
     candidate, reference = read_answers(candidate_path), read_answers(reference_path)
     require_answers(candidate_path, candidate, prompts, "candidate")
     require_answers(reference_path, reference, prompts, "reference")
-    judgements_path = pathlib.Path(flags.judgements or candidate_path.with_name(candidate_path.stem + ".judgements.jsonl"))
-    failures_path = pathlib.Path(flags.judge_failures or judgements_path.with_name(judgements_path.stem + ".failed.jsonl"))
+    judgements_path = pathlib.Path(flags.judgements
+                                   or candidate_path.with_name(candidate_path.stem + ".judgements.jsonl"))
+    failures_path = pathlib.Path(flags.judge_failures
+                                 or judgements_path.with_name(judgements_path.stem + ".failed.jsonl"))
     config = chat_config(flags, model=flags.judge_model, base_url=flags.judge_base_url, key_env=flags.judge_api_key_env,
                          temperature=0.0, max_tokens=1)  # each reviewer sets its own temperature, max_tokens
     jobs = make_jobs(prompts, candidate, reference, reviewers)
     tally = run_judging(jobs, reviewers, config, api_key_from(flags.judge_api_key_env, "--judge_api_key_env"),
                         judgements_path, failures_path, flags.retry_failed, not flags.no_progress)
     digests = {job.id: job.digest for job in jobs}
-    provenance = {"prompts": str(flags.prompts), "candidate": flags.candidate_name, "candidate_answers": str(candidate_path),
+    provenance = {"prompts": str(flags.prompts), "candidate": flags.candidate_name,
+                  "candidate_answers": str(candidate_path),
                   "reference": flags.reference_name, "reference_answers": str(reference_path),
                   "judge_model": flags.judge_model, "judge_base_url": flags.judge_base_url,
-                  "reviewers": {kind: {"temperature": r.temperature, "max_tokens": r.max_tokens} for kind, r in reviewers.items()},
+                  "reviewers": {kind: {"temperature": r.temperature, "max_tokens": r.max_tokens}
+                                for kind, r in reviewers.items()},
                   "judgements": str(judgements_path), "run": dataclasses.asdict(tally)}
     return judge_report.build_report(prompts, _read_journal(judgements_path, digests), _read_journal(failures_path, {}),
                                      set_name=flags.set_name or pathlib.Path(flags.prompts).stem,
@@ -398,16 +402,16 @@ def run(config, flags) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from orca_jax.config import parse_config_args
+    from orca_jax.config import default_config, parse_config_args
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    default_config = pathlib.Path(__file__).resolve().parents[2] / "configs" / "demo.py"
     try:
         # A config (tokenizer, template, model) matters only for generating answers: judging files reads none.
-        config, rest = parse_config_args(argv, default=str(default_config)) if "--params" in argv else (None, argv)
+        config, rest = (parse_config_args(argv, default=default_config("demo")) if "--params" in argv
+                        else (None, argv))
         flags = parse_flags(rest)
         report = run(config, flags)
-    except (ValueError, FileNotFoundError) as error:  # UserError and the readers' format errors
+    except UserError as error:
         print(f"orca-jax judge: {error}", file=sys.stderr)
         return 1
     print(judge_report.format_report(report))

@@ -34,9 +34,9 @@ import jax
 from orca_jax import parallel
 from orca_jax.data.tokenizer import Tokenizer
 from orca_jax.errors import UserError
-from orca_jax.eval.generate import abstract_decode_params, decode_params_dtype, greedy_generate
+from orca_jax.eval import loading
+from orca_jax.eval.generate import greedy_generate
 from orca_jax.eval.loglikelihood import Pair, encode_pair, score_pairs
-from orca_jax.model import params_io
 from orca_jax.model.config import ModelConfig
 
 try:
@@ -68,7 +68,7 @@ class OrcaJaxLM(LM if LM is not None else object):
         super().__init__()
         self.params, self.model_config, self.tokenizer = params, model_config, tokenizer
         self.batch_size, self.mesh, self.axis_rules = batch_size, mesh, axis_rules
-        self.params_dtype = decode_params_dtype(model_config) if params_dtype is None else params_dtype
+        self.params_dtype = loading.params_dtype(model_config, params_dtype)
         self.max_gen_toks = max_gen_toks
         self._warned_sampling = False
 
@@ -134,16 +134,12 @@ class OrcaJaxLM(LM if LM is not None else object):
 def load_lm(params: str | pathlib.Path, tokenizer_path: str | pathlib.Path, *, batch_size: int = 8,
             params_dtype: str | None = None, mesh=None) -> OrcaJaxLM:
     """An OrcaJaxLM over a params directory (its model_config.json) and a sentencepiece tokenizer."""
-    model_config = params_io.stored_model_config(params)
-    if model_config is None:
-        raise UserError(f"--params {params}: no model_config.json (or checkpoint meta) to read the model from")
+    model_config = loading.model_config_for(params)
     tokenizer = Tokenizer.load(tokenizer_path)
-    if tokenizer.vocab_size > model_config.vocab_size:
-        raise UserError(f"the tokenizer {tokenizer_path} has {tokenizer.vocab_size} ids but the model's "
-                        f"vocab_size is {model_config.vocab_size}")
+    tokenizer.check_fits(model_config.vocab_size)
     mesh = parallel.make_mesh() if mesh is None else mesh
-    dtype = decode_params_dtype(model_config) if params_dtype is None else params_dtype
-    restored = params_io.restore_params(params, abstract_decode_params(model_config, mesh, dtype=dtype))
+    dtype = loading.params_dtype(model_config, params_dtype)
+    restored = loading.restore_for_decoding(params, model_config, mesh, dtype)
     return OrcaJaxLM(restored, model_config, tokenizer, batch_size=batch_size, mesh=mesh, params_dtype=dtype)
 
 

@@ -42,21 +42,18 @@ import sys
 import jax
 
 from orca_jax import parallel
-from orca_jax.config import parse_config_args
+from orca_jax.config import default_config, parse_config_args
 from orca_jax.data.jsonl import RecordFormatError, read_objects
 from orca_jax.data.templates import get_template
 from orca_jax.data.tokenizer import Tokenizer
-from orca_jax.eval import benchmarks, loglikelihood, truthfulqa
-from orca_jax.eval.generate import abstract_decode_params, decode_params_dtype
+from orca_jax.errors import UserError
+from orca_jax.eval import benchmarks, generate, loading, loglikelihood, truthfulqa
 from orca_jax.eval.prompts import LONG_PROMPT_POLICIES, PROMPT_STYLES, PromptBuilder, resolve_system_message
 from orca_jax.eval.report import format_report
 from orca_jax.eval.runner import Journal, evaluate_examples, score_row
 from orca_jax.model import params_io
-from orca_jax.model.config import FLOAT_DTYPES, ModelConfig
+from orca_jax.model.config import ModelConfig
 
-DEFAULT_CONFIG = pathlib.Path(__file__).resolve().parents[2] / "configs" / "demo.py"
-# Room for an explanation before the answer, and never more than a quarter of the window.
-LONGEST_DEFAULT_NEW_TOKENS = 512
 RESPONSE_FIELDS = ("benchmark", "task", "index", "options", "gold", "response")
 METHODS = ("generate", "loglikelihood")
 # Log-likelihood prompts leave this many tokens of the window to the option they are scored with; a
@@ -64,15 +61,10 @@ METHODS = ("generate", "loglikelihood")
 OPTION_ROOM = 64
 
 
-def default_max_new_tokens(model_config: ModelConfig) -> int:
-    return min(LONGEST_DEFAULT_NEW_TOKENS, model_config.max_seq_len // 4)
-
-
 def parse_args(argv: list[str]):
     """(config, model overrides, flags): `--config`/`--config.x=y` go to the config loader."""
-    config, rest = parse_config_args(argv, default=str(DEFAULT_CONFIG))
-    model_fields = [arg.split("=", 1)[0][len("--config.model."):] for arg in argv
-                    if arg.startswith("--config.model.")]
+    config, rest = parse_config_args(argv, default=default_config("demo"))
+    model_fields = loading.model_fields_overridden(argv)
     parser = argparse.ArgumentParser(prog="orca-jax evaluate", description=__doc__.split("\n\n")[0])
     parser.add_argument("--suite", choices=sorted(benchmarks.SUITES), default="demo")
     parser.add_argument("--params", help="params directory or training checkpoint step directory")
@@ -96,8 +88,7 @@ def parse_args(argv: list[str]):
     parser.add_argument("--row_length", type=int, help="loglikelihood: slots per packed row; default max_seq_len")
     parser.add_argument("--batch_size", type=int, default=16,
                         help="prompts decoded together (generate), packed rows per forward pass (loglikelihood)")
-    parser.add_argument("--params_dtype", default="compute",
-                        help="'compute' (the model's compute dtype), 'stored' (its param_dtype), or a dtype")
+    parser.add_argument("--params_dtype", default="compute", help=loading.PARAMS_DTYPE_CHOICES)
     parser.add_argument("--mesh", help="data,fsdp,tensor sizes for decoding (-1: the rest); default the config's mesh")
     parser.add_argument("--output", help="write every scored example to this JSONL file")
     parser.add_argument("--report", help="write the report (with provenance) to this JSON file")
@@ -147,68 +138,28 @@ def list_suite(examples: list[benchmarks.Example], suite: str) -> str:
     return "\n".join(lines)
 
 
-def resolve_model_config(config, model_fields: list[str], params: str) -> ModelConfig:
-    """The params directory's own model config (if it has one) with `--config.model.*` overrides on top;
-    else the config's model block."""
-    stored = params_io.stored_model_config(params)
-    if stored is None:
-        return ModelConfig.from_config(config.model)
-    overrides = {field: config.model[field] for field in model_fields}
-    return ModelConfig.from_config({**dataclasses.asdict(stored), **overrides})
-
-
-def params_dtype(model_config: ModelConfig, choice: str) -> str:
-    if choice == "compute":
-        return str(decode_params_dtype(model_config))
-    if choice == "stored":
-        return model_config.param_dtype
-    if choice not in FLOAT_DTYPES:
-        raise ValueError(f"--params_dtype {choice!r}: choose compute, stored or one of {FLOAT_DTYPES}")
-    return choice
-
-
-def eval_mesh(config, flags):
-    """The mesh from `--mesh D,F,T`, else the config's. Decoding splits heads over 'tensor' and rows over
-    'data' x 'fsdp' and keeps each weight whole on every fsdp shard (parallel.DECODE_AXIS_RULES), so a
-    13B model wants a tensor axis (e.g. --mesh -1,1,4)."""
-    if flags.mesh is None:
-        return parallel.mesh_from_config(config.mesh)
-    try:
-        data, fsdp, tensor = (int(size) for size in flags.mesh.split(","))
-    except ValueError:
-        raise ValueError(f"--mesh {flags.mesh!r}: expected three sizes data,fsdp,tensor such as -1,1,4") from None
-    return parallel.make_mesh(data, fsdp, tensor)
-
-
 def evaluate(config, model_fields: list[str], flags) -> tuple[dict, list[dict]]:
     """(report, scored rows) of a model run."""
-    params_dir = pathlib.Path(flags.params) / params_io.PARAMS_SUBDIR
-    if not params_dir.is_dir():
-        raise params_io.ParamsIOError(f"{params_dir} does not exist: --params is not a params directory "
-                                      "or checkpoint step")
-    model_config = resolve_model_config(config, model_fields, flags.params)
+    loading.require_params_dir(flags.params)
+    model_config = loading.model_config_for(flags.params, config, model_fields)
     tokenizer = Tokenizer.load(config.data.tokenizer)
-    if tokenizer.vocab_size > model_config.vocab_size:
-        raise ValueError(f"the tokenizer {config.data.tokenizer} has {tokenizer.vocab_size} ids but the "
-                         f"model's vocab_size is {model_config.vocab_size}")
+    tokenizer.check_fits(model_config.vocab_size)
     examples = load_examples(config, flags)
     if flags.max_new_tokens is not None:
         max_new_tokens = flags.max_new_tokens
     elif flags.suite == "demo" and "eval" in config:
         max_new_tokens = config.eval.max_new_tokens
     else:
-        max_new_tokens = default_max_new_tokens(model_config)
-    if not 0 < max_new_tokens < model_config.max_seq_len:
-        raise ValueError(f"--max_new_tokens {max_new_tokens} must be in 1..{model_config.max_seq_len - 1} "
-                         f"(the model's window is max_seq_len={model_config.max_seq_len})")
+        max_new_tokens = loading.default_max_new_tokens(model_config)
+    loading.check_max_new_tokens(max_new_tokens, model_config)
     system_message = resolve_system_message(flags.system_message)
     if system_message is None and flags.suite != "demo":
         system_message = ""  # Orca's protocol: an empty system message
     template = get_template(config.data.template)
     builder = PromptBuilder(tokenizer, template, style=flags.prompt_style, system_message=system_message,
                             max_tokens=model_config.max_seq_len - max_new_tokens, long_prompts=flags.long_prompts)
-    dtype = params_dtype(model_config, flags.params_dtype)
-    mesh = eval_mesh(config, flags)
+    dtype = loading.params_dtype(model_config, flags.params_dtype)
+    mesh = loading.parse_mesh(flags.mesh, parallel.MeshConfig.from_config(config.get("mesh")))
     if flags.method == "loglikelihood":
         return evaluate_loglikelihood(config, flags, model_config, tokenizer, examples, dtype, mesh)
     provenance = {
@@ -223,7 +174,7 @@ def evaluate(config, model_fields: list[str], flags) -> tuple[dict, list[dict]]:
     }
     journal_path = flags.journal or (f"{flags.output}.journal" if flags.output else None)
     journal = Journal(journal_path, provenance) if journal_path else None
-    params = params_io.restore_params(flags.params, abstract_decode_params(model_config, mesh, dtype=dtype))
+    params = loading.restore_for_decoding(flags.params, model_config, mesh, dtype)
     rows = evaluate_examples(params, model_config, tokenizer, builder, examples, max_new_tokens=max_new_tokens,
                              batch_size=flags.batch_size, mesh=mesh, journal=journal,
                              progress=not flags.no_progress)
@@ -244,7 +195,7 @@ def evaluate_loglikelihood(config, flags, model_config: ModelConfig, tokenizer: 
     over full rows is compute-bound, like a train step)."""
     row_length = flags.row_length or model_config.max_seq_len
     if not 1 < row_length <= model_config.max_seq_len:
-        raise ValueError(f"--row_length {row_length} must be in 2..{model_config.max_seq_len} (max_seq_len)")
+        raise UserError(f"--row_length {row_length} must be in 2..{model_config.max_seq_len} (max_seq_len)")
     system_message = resolve_system_message(flags.system_message)
     if system_message is None and flags.suite != "demo":
         system_message = ""
@@ -269,8 +220,8 @@ def evaluate_loglikelihood(config, flags, model_config: ModelConfig, tokenizer: 
         provenance["truthfulqa_prompt"] = "the authors' QA primer (six-shot), raw; MC1 strict, MC2 normalised mass"
     journal_path = flags.journal or (f"{flags.output}.journal" if flags.output else None)
     journal = Journal(journal_path, provenance) if journal_path else None
-    params = params_io.restore_params(flags.params, abstract_decode_params(model_config, mesh, dtype=dtype,
-                                                                           axis_rules=rules))
+    params = params_io.restore_params(flags.params, generate.abstract_decode_params(
+        model_config, mesh, dtype=dtype, axis_rules=rules))
     choice_examples = [example for example in examples if example.benchmark != "truthfulqa"]
     rows = loglikelihood.evaluate_choices(params, model_config, tokenizer, builder, choice_examples,
                                           normalize=flags.normalize, journal=journal,
@@ -287,7 +238,7 @@ def read_responses(path: str | pathlib.Path) -> list[dict]:
     """A responses JSONL: each row needs RESPONSE_FIELDS ('options' a list of strings); others are kept."""
     path = pathlib.Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"responses file {path} does not exist")
+        raise UserError(f"responses file {path} does not exist")
     rows = []
     for line_number, row in read_objects(path):
         for field in RESPONSE_FIELDS:
@@ -300,7 +251,7 @@ def read_responses(path: str | pathlib.Path) -> list[dict]:
             raise RecordFormatError(f"{path}: line {line_number}: field 'options' is not a list of strings")
         rows.append(row)
     if not rows:
-        raise ValueError(f"{path}: no responses")
+        raise UserError(f"{path}: no responses")
     return rows
 
 
@@ -342,8 +293,7 @@ def main(argv: list[str] | None = None) -> int:
             print(list_suite(load_examples(config, flags), flags.suite))
             return 0
         report, rows = rescore(flags) if flags.rescore else evaluate(config, model_fields, flags)
-    except (ValueError, FileNotFoundError) as error:
-        # Every input problem (config, params, tokenizer, benchmark rows, journal) raises one of these, named.
+    except UserError as error:
         print(f"orca-jax evaluate: {error}", file=sys.stderr)
         return 1
     if jax.process_index() == 0:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 
+from orca_jax.errors import UserError
+
 # The normal quantile of a two-sided 95% interval.
 Z_95 = 1.959963984540054
 
@@ -56,7 +58,7 @@ def build_report(rows: Iterable[Mapping], provenance: Mapping | None = None) -> 
         task["skipped"] += bool(row.get("skipped"))
         task["truncated"] += bool(row.get("truncated"))
     if not tasks:
-        raise ValueError("nothing to report: no scored examples")
+        raise UserError("nothing to report: no scored examples")
     for task in tasks.values():
         task["accuracy"] = task["correct"] / task["n"]
         task["ci95"] = list(wilson_interval(task["correct"], task["n"]))

@@ -93,7 +93,7 @@ def read_mc_task(path: str | pathlib.Path) -> list[Question]:
     """Every question of a TruthfulQA mc_task.json, checked (module docstring)."""
     path = pathlib.Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"TruthfulQA file {path} does not exist (want the authors' data/{FILE_NAME})")
+        raise UserError(f"TruthfulQA file {path} does not exist (want the authors' data/{FILE_NAME})")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:

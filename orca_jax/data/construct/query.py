@@ -26,10 +26,19 @@ from collections.abc import Iterator, Set
 from tqdm import tqdm
 
 from orca_jax.data.construct.journal import Journal
-from orca_jax.data.jsonl import RecordFormatError, read_objects, require_strings
 from orca_jax.data.construct.ratelimit import RateLimiter
-from orca_jax.data.construct.teacher import (Answer, ChatClient, Failure, TeacherConfig, TeacherError, ask,
-                                             excerpt, parse_completion, request_body)
+from orca_jax.data.construct.teacher import (
+    Answer,
+    ChatClient,
+    Failure,
+    TeacherConfig,
+    TeacherError,
+    ask,
+    excerpt,
+    parse_completion,
+    request_body,
+)
+from orca_jax.data.jsonl import RecordFormatError, read_objects, require_strings
 
 # Queries read ahead of the workers, per worker: enough to keep them busy, few enough to stream.
 _READ_AHEAD_PER_WORKER = 2
