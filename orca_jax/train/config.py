@@ -116,6 +116,12 @@ class TrainConfig:
     """Benchmark accuracy during training (eval/during_training.py); off unless it names a suite."""
     debug: DebugConfig = DebugConfig()
     demo: DemoConfig | None = None
+    compilation_cache: bool = True
+    """JAX's persistent compilation cache (train/loop.py enable_compilation_cache): a restarted run loads
+    its compiled programs instead of compiling them again. False: compile every time."""
+    compilation_cache_dir: str = ""
+    """Where that cache lives; empty for <workdir>/compilation_cache. Runs of the same code and shapes may
+    share one (entries are keyed by program, compiler options and jax version)."""
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> TrainConfig:
@@ -177,7 +183,7 @@ class TrainConfig:
                                  f"{process_count} processes")
 
     def check_tokenizer(self, tokenizer: Tokenizer) -> None:
-        check_vocabulary(tokenizer, self.model)
+        tokenizer.check_fits(self.model.vocab_size)
 
     def check_inputs(self) -> None:
         """The files the stages and the evaluation read exist (checked after the demo prepared its own)."""
@@ -192,13 +198,6 @@ class TrainConfig:
                                        "nor an existing params directory")
             if not (pathlib.Path(stage.dataset_dir) / "dataset_info.json").is_file():
                 raise StageConfigError(f"stages.{stage.name}.dataset_dir={stage.dataset_dir!r} is not a built dataset")
-
-
-def check_vocabulary(tokenizer: Tokenizer, model: ModelConfig) -> None:
-    """Every id the tokenizer makes (its pieces and the appended pad) must have a row in the model."""
-    if tokenizer.vocab_size > model.vocab_size:
-        raise ConfigError(f"the tokenizer {tokenizer.path} has {tokenizer.vocab_size} ids (pieces + pad) but "
-                          f"model.vocab_size is {model.vocab_size}")
 
 
 def _stages(stages: Mapping[str, Any] | None, order) -> tuple[StageConfig, ...]:

@@ -19,6 +19,7 @@ import dataclasses
 import json
 import pathlib
 import signal
+import sys
 import time
 from collections.abc import Iterator
 
@@ -32,7 +33,7 @@ from orca_jax.data.tokenizer import Tokenizer
 from orca_jax.eval.during_training import TrainingEvaluator
 from orca_jax.model import params_io
 from orca_jax.train import step as train_step
-from orca_jax.train.checkpoint import Checkpointer, Position
+from orca_jax.train.checkpoint import Checkpointer, Position, UnreadableCheckpoint
 from orca_jax.train.config import INIT_PREVIOUS, INIT_RANDOM, StageConfigError, TrainConfig
 from orca_jax.train.metrics import MetricsWriter, Throughput
 from orca_jax.train.optimizer import OptimizerConfig, learning_rate_schedule, make_optimizer
@@ -128,6 +129,22 @@ def plan_stages(run: TrainConfig, tokenizer: Tokenizer) -> list[StagePlan]:
     return plans
 
 
+def enable_compilation_cache(run: TrainConfig) -> pathlib.Path | None:
+    """Turn on JAX's persistent compilation cache (unless `run.compilation_cache` is False) in
+    `run.compilation_cache_dir` or <workdir>/compilation_cache; returns the directory (None when off).
+
+    Call before anything is compiled. Every program is cached, however small or quick to compile (JAX's
+    defaults skip programs compiled in under a second, which on a CPU are most of them).
+    """
+    if not run.compilation_cache:
+        return None
+    directory = pathlib.Path(run.compilation_cache_dir or pathlib.Path(run.workdir) / "compilation_cache")
+    jax.config.update("jax_compilation_cache_dir", str(directory.absolute()))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+    return directory
+
+
 def stage_init_rng(seed: int, stage_index: int) -> jax.Array:
     """The key a stage with init='random' draws its parameters from."""
     return jax.random.fold_in(jax.random.key(seed), stage_index)
@@ -198,18 +215,45 @@ class Stage:
 
 
 def train(run: TrainConfig, mesh: Mesh, tokenizer: Tokenizer) -> list[StagePlan]:
-    """Run (or resume) every stage; returns the stage plans (their checkpoints are kept)."""
+    """Run (or resume) every stage; returns the stage plans (their checkpoints are kept).
+
+    A checkpoint that cannot be read back (a file missing or truncated) is reported in one line on
+    stderr, moved aside (`<step>.corrupt-<time>` beside it) and the run resumes from the newest readable
+    one, as if it had been killed before that step was saved.
+    """
     workdir = pathlib.Path(run.workdir)
     plans = plan_stages(run, tokenizer)
     checkpointer = Checkpointer(workdir / "checkpoints", keep=run.checkpoint.keep,
                                 keep_steps=[plan.last_step for plan in plans])
-    latest = checkpointer.latest_step()
-    position = checkpointer.position(latest) if latest is not None else None
-    if position is not None:
-        _check_resumable(position, latest, plans, checkpointer)
     evaluator = (TrainingEvaluator(run.eval, run.model, tokenizer, run.data.template, mesh)
                  if run.eval.enabled else None)
-    writer = MetricsWriter(workdir, total_steps=plans[-1].last_step, initial_step=latest or 0)
+    try:
+        while True:
+            try:
+                _train_from_latest(run, mesh, tokenizer, plans, checkpointer, evaluator)
+                return plans
+            except UnreadableCheckpoint as unreadable:
+                moved = checkpointer.move_aside(unreadable.step)
+                latest = checkpointer.latest_step()
+                resuming = f"resuming from step {latest}" if latest is not None else "starting from scratch"
+                print(f"warning: {unreadable}; moved it aside to {moved}, {resuming}", file=sys.stderr, flush=True)
+    finally:
+        checkpointer.wait()
+        checkpointer.close()
+
+
+def _train_from_latest(run: TrainConfig, mesh: Mesh, tokenizer: Tokenizer, plans: list[StagePlan],
+                       checkpointer: Checkpointer, evaluator: TrainingEvaluator | None) -> None:
+    """Every stage from the latest checkpoint on; UnreadableCheckpoint when a checkpoint it reads is damaged."""
+    latest = checkpointer.latest_step()
+    position = None
+    if latest is not None:
+        unreadable = checkpointer.unreadable(latest)
+        if unreadable is not None:
+            raise unreadable
+        position = checkpointer.position(latest)
+        _check_resumable(position, latest, plans, checkpointer)
+    writer = MetricsWriter(pathlib.Path(run.workdir), total_steps=plans[-1].last_step, initial_step=latest or 0)
     try:
         with PreemptionWatch() as preemption:
             for plan in plans:
@@ -221,10 +265,7 @@ def train(run: TrainConfig, mesh: Mesh, tokenizer: Tokenizer) -> list[StagePlan]
                 _run_stage(run, Stage(run, plan, tokenizer, mesh), checkpointer, writer,
                            preemption, resume, previous, evaluator)
     finally:
-        checkpointer.wait()
-        checkpointer.close()
         writer.close()
-    return plans
 
 
 def _check_resumable(position: Position, step: int, plans: list[StagePlan], checkpointer: Checkpointer) -> None:

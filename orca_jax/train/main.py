@@ -51,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"unexpected arguments {rest}; use --config F and --config.a.b=value")
         run = TrainConfig.from_config(config)  # every cross-field check, before any work
         initialize_distributed()
+        loop.enable_compilation_cache(run)  # before anything compiles: a restart loads the compiled steps
         mesh = parallel.mesh_from_config(run.mesh)
         run.check_mesh(mesh, jax.process_count())
         if run.demo is not None:
