@@ -7,6 +7,7 @@ import pytest
 
 from orca_jax.data.demo import write_demo_data
 from orca_jax.data.jsonl import RecordFormatError
+from orca_jax.errors import UserError
 from orca_jax.eval.benchmarks import (
     AGIEVAL_ENGLISH_TASKS,
     BBH_23_TASKS,
@@ -90,7 +91,7 @@ def test_suite_task_selection_limit_and_errors(tmp_path):
         load_suite("orca")
     with pytest.raises(ValueError, match=r"unknown suite 'mmlu'"):
         load_suite("mmlu", benchmarks_dir=tmp_path)
-    with pytest.raises(FileNotFoundError, match=r"agieval does not exist"):
+    with pytest.raises(UserError, match=r"agieval does not exist"):
         load_suite("agieval", benchmarks_dir=tmp_path)
 
 
