@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Create the TPU VM slice named by common.sh's settings.
 #
-#   tpu_scripts/create.sh [--queued]
+#   tpu_scripts/create.sh [--dry-run] [--queued]
 #
 # --queued asks for it through a queued resource: the request waits until capacity is free instead of
-# failing, which is how large slices and spot capacity are usually obtained. Without it the VM is
-# created directly (fails at once when the zone has no capacity). TPU_SPOT=1 asks for spot capacity
-# in either case. Follow a queued request with: gcloud compute tpus queued-resources list --zone=...
+# failing, which is how large slices and spot capacity are usually obtained (watch.sh uses it). Without
+# it the VM is created directly (fails at once when the zone has no capacity). TPU_CAPACITY=spot
+# (--spot: preemptible) or reserved (--reserved: your reservation) in either case. Follow a queued
+# request with: gcloud compute tpus queued-resources list --zone=...
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 
@@ -18,14 +19,15 @@ case "${1:-}" in
 esac
 
 capacity=()
-[[ "$TPU_SPOT" == 1 ]] && capacity=(--spot)
+flag="$(capacity_flags)"
+[[ -n "$flag" ]] && capacity=("$flag")
 
 if ((queued)); then
-    gcloud compute tpus queued-resources create "$TPU_NAME" --node-id="$TPU_NAME" \
+    gcloud_cmd compute tpus queued-resources create "$TPU_NAME" --node-id="$TPU_NAME" \
         --project="$TPU_PROJECT" --zone="$TPU_ZONE" --accelerator-type="$TPU_TYPE" \
-        --runtime-version="$TPU_VERSION" "${capacity[@]}"
+        --runtime-version="$TPU_VERSION" ${capacity[@]+"${capacity[@]}"}
 else
-    gcloud compute tpus tpu-vm create "$TPU_NAME" \
+    gcloud_cmd compute tpus tpu-vm create "$TPU_NAME" \
         --project="$TPU_PROJECT" --zone="$TPU_ZONE" --accelerator-type="$TPU_TYPE" \
-        --version="$TPU_VERSION" "${capacity[@]}"
+        --version="$TPU_VERSION" ${capacity[@]+"${capacity[@]}"}
 fi

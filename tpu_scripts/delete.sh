@@ -2,7 +2,7 @@
 # Delete the TPU slice (and its queued resource, when it came from one). The bucket is kept:
 # data, weights, checkpoints and metrics of every run survive.
 #
-#   tpu_scripts/delete.sh [--yes]
+#   tpu_scripts/delete.sh [--dry-run] [--yes]
 #
 # Stop the run first (stop.sh) unless it is already dead, or the last steps since its checkpoint are lost.
 set -euo pipefail
@@ -16,9 +16,10 @@ case "${1:-}" in
 esac
 
 where=(--project="$TPU_PROJECT" --zone="$TPU_ZONE")
-if gcloud compute tpus queued-resources describe "$TPU_NAME" "${where[@]}" >/dev/null 2>&1; then
+queued_resource_state
+if [[ "$QR_STATE" != ABSENT ]]; then
     # --force deletes the node along with the request.
-    gcloud compute tpus queued-resources delete "$TPU_NAME" "${where[@]}" --force --quiet
+    gcloud_cmd compute tpus queued-resources delete "$TPU_NAME" "${where[@]}" --force --quiet
 else
-    gcloud compute tpus tpu-vm delete "$TPU_NAME" "${where[@]}" --quiet
+    gcloud_cmd compute tpus tpu-vm delete "$TPU_NAME" "${where[@]}" --quiet
 fi

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Start (or restart) training on every worker, in the background, resuming from the run's checkpoints.
 #
-#   tpu_scripts/launch.sh [--config configs/orca_13b.py] [--config.a.b=value ...]
+#   tpu_scripts/launch.sh [--dry-run] [--config configs/orca_13b.py] [--config.a.b=value ...]
 #
 # The job runs in the bucket mount (ORCA_BUCKET at /gcs/orca on every worker), so the config's
 # relative paths are bucket paths: orca_13b.py reads weights/llama-13b and data/flan5m_chatgpt, and the

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Show a worker's training log.
 #
-#   tpu_scripts/logs.sh [WORKER] [-f]
+#   tpu_scripts/logs.sh [--dry-run] [WORKER] [-f]
 #
 # WORKER defaults to 0 (process 0 writes the metrics and the progress lines; other workers' logs show
 # their own errors). -f follows the log until Ctrl-C; otherwise the last 100 lines are printed.

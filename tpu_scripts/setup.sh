@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Copy this checkout's committed code to every worker and install it (orca-jax, jax[tpu], gcsfuse).
 #
-#   tpu_scripts/setup.sh
+#   tpu_scripts/setup.sh [--dry-run]
 #
 # Ships `git archive HEAD` (commit first: uncommitted edits stay behind) and records the commit in
 # COMMIT on each worker. Rerun after every code change and on every freshly created slice; a running
@@ -17,7 +17,7 @@ archive="$(mktemp -d)/orca-jax.tar.gz"
 trap 'rm -rf "$(dirname "$archive")"' EXIT
 git -C "$repo" archive --format=tar.gz --output="$archive" HEAD
 
-gcloud compute tpus tpu-vm scp "$archive" "$TPU_NAME:orca-jax.tar.gz" \
+gcloud_cmd compute tpus tpu-vm scp "$archive" "$TPU_NAME:orca-jax.tar.gz" \
     --project="$TPU_PROJECT" --zone="$TPU_ZONE" --worker=all
 # Unpack into a fresh directory and swap it in, so no file of an older commit survives.
 tpu_ssh all "set -e; rm -rf $ORCA_REMOTE_DIR.new; mkdir $ORCA_REMOTE_DIR.new

@@ -8,6 +8,8 @@
 #                              bucket mount, so the config's relative paths (weights/, data/, runs/) are
 #                              paths in the bucket
 #   worker.sh stop             SIGTERM the run (it saves a checkpoint, then exits) and wait for it
+#   worker.sh status           one line: "status: running", "status: exited CODE" (the trainer's exit
+#                              code: 0 done, 1 stopped on purpose, 143 SIGTERM) or "status: none"
 #
 # Needs ORCA_BUCKET, ORCA_MOUNT and ORCA_JAX_SPEC in the environment (common.sh's worker_command).
 set -euo pipefail
@@ -16,6 +18,7 @@ REPO="$(cd "$(dirname "$0")/.." && pwd)"
 VENV="$HOME/orca-venv"
 LOGS="$HOME/orca-logs"
 PIDFILE="$LOGS/train.pid"
+EXITFILE="$LOGS/train.exit"
 # The trainer's SIGTERM handler saves a checkpoint of a 13B model to the bucket before exiting.
 STOP_TIMEOUT_S=600
 
@@ -81,6 +84,16 @@ stop() {
     echo "stopped run $pid"
 }
 
+status() {
+    if running_pid >/dev/null; then
+        echo "status: running"
+    elif [[ -f "$EXITFILE" ]]; then
+        echo "status: exited $(cat "$EXITFILE")"
+    else
+        echo "status: none"
+    fi
+}
+
 start() {
     local config="$REPO/$1" log
     shift
@@ -92,7 +105,19 @@ start() {
     ln -sfn "$log" "$LOGS/train.log"
     cd "$ORCA_MOUNT"
     # setsid: the run outlives this ssh session; the trainer resumes from its latest checkpoint.
-    setsid nohup "$VENV/bin/orca-jax" train --config "$config" "$@" >"$log" 2>&1 </dev/null &
+    rm -f "$EXITFILE"
+    # A small shell around the trainer records its exit code (for status, hence watch.sh) and passes
+    # SIGTERM on to it, waiting until the trainer has saved and exited.
+    # shellcheck disable=SC2016
+    setsid nohup bash -c 'exitfile="$1"; shift
+        trap '\''kill -TERM "$child" 2>/dev/null'\'' TERM
+        "$@" & child=$!
+        while true; do
+            wait "$child"; code=$?
+            kill -0 "$child" 2>/dev/null || break
+        done
+        echo "$code" >"$exitfile"' run "$EXITFILE" "$VENV/bin/orca-jax" train --config "$config" "$@" \
+        >"$log" 2>&1 </dev/null &
     echo $! >"$PIDFILE"
     echo "started run $! on $(hostname), log $log"
 }
@@ -101,5 +126,6 @@ case "${1:-}" in
     install) install ;;
     start) [[ $# -ge 2 ]] || usage; shift; start "$@" ;;
     stop) stop ;;
+    status) status ;;
     *) usage ;;
 esac
