@@ -32,7 +32,6 @@ from collections.abc import Callable, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-import tqdm
 from jax.sharding import Mesh
 
 from orca_jax import parallel
@@ -42,6 +41,7 @@ from orca_jax.errors import UserError
 from orca_jax.eval.benchmarks import Example
 from orca_jax.eval.generate import prepare_params
 from orca_jax.eval.prompts import PromptBuilder
+from orca_jax.eval.runner import run_by_task
 from orca_jax.model.config import ModelConfig
 from orca_jax.model.llama import Llama
 
@@ -271,27 +271,12 @@ def evaluate_choices(params, model_config: ModelConfig, tokenizer: Tokenizer, bu
     gold), truncated."""
     if normalize not in NORMALIZATIONS:
         raise UserError(f"--normalize {normalize!r}: choose one of {NORMALIZATIONS}")
-    by_task: dict[str, list[Example]] = {}
-    for example in examples:
-        by_task.setdefault(example.task, []).append(example)
-    bar = tqdm.tqdm(total=len(examples), desc="loglikelihood", unit="q",
-                    disable=not progress or jax.process_index() != 0)
-    rows: list[dict] = []
-    try:
-        for task, task_examples in by_task.items():
-            if journal is not None and task in journal.done:
-                task_rows = journal.done[task]
-            else:
-                task_rows = _score_task(params, model_config, tokenizer, builder, task_examples, normalize,
-                                        row_length=row_length, batch_rows=batch_rows, mesh=mesh,
-                                        params_dtype=params_dtype, axis_rules=axis_rules)
-                if journal is not None:
-                    journal.record(task, task_rows)
-            rows += task_rows
-            bar.update(len(task_rows))
-    finally:
-        bar.close()
-    return rows
+    def score_task(task_examples: list[Example], on_batch_done) -> list[dict]:
+        return _score_task(params, model_config, tokenizer, builder, task_examples, normalize,
+                           row_length=row_length, batch_rows=batch_rows, mesh=mesh, params_dtype=params_dtype,
+                           axis_rules=axis_rules)
+
+    return run_by_task(examples, score_task, journal=journal, progress=progress, desc="loglikelihood")
 
 
 def _score_task(params, model_config, tokenizer, builder, examples, normalize, **scoring) -> list[dict]:

@@ -106,23 +106,32 @@ def evaluate_examples(params, model_config: ModelConfig, tokenizer: Tokenizer, b
     already prepared (`generate.prepare_params`, or restored into `generate.abstract_decode_params`)
     so that no task casts or re-lays them out again.
     """
+    def decode_task(task_examples: list[Example], on_batch_done: Callable[[int], None]) -> list[dict]:
+        return _evaluate_task(params, model_config, tokenizer, builder, task_examples, max_new_tokens=max_new_tokens,
+                              batch_size=batch_size, mesh=mesh, axis_rules=axis_rules, on_batch_done=on_batch_done)
+
+    return run_by_task(examples, decode_task, journal=journal, progress=progress, desc="evaluate",
+                       on_task_done=on_task_done)
+
+
+def run_by_task(examples: Sequence[Example], score_task: Callable[[list[Example], Callable[[int], None]], list[dict]],
+                *, journal: Journal | None = None, progress: bool = False, desc: str = "evaluate",
+                on_task_done: Callable[[str, list[dict]], None] | None = None) -> list[dict]:
+    """`score_task(task_examples, on_batch_done)` for each task in turn, finished tasks journaled (and
+    taken from the journal on a rerun), a progress bar over examples; the rows of every task in order.
+    Every scoring method (generation here, log-likelihood in loglikelihood.py) runs through this."""
     by_task: dict[str, list[Example]] = {}
     for example in examples:
         by_task.setdefault(example.task, []).append(example)
-    bar = tqdm.tqdm(total=len(examples), desc="evaluate", unit="q",
-                    disable=not progress or jax.process_index() != 0)
+    bar = tqdm.tqdm(total=len(examples), desc=desc, unit="q", disable=not progress or jax.process_index() != 0)
     rows: list[dict] = []
     try:
         for task, task_examples in by_task.items():
             if journal is not None and task in journal.done:
                 task_rows = journal.done[task]
             else:
-                done_before = bar.n
-                task_rows = _evaluate_task(params, model_config, tokenizer, builder, task_examples,
-                                           max_new_tokens=max_new_tokens, batch_size=batch_size, mesh=mesh,
-                                           axis_rules=axis_rules,
-                                           on_batch_done=lambda done, before=done_before: bar.update(
-                                               before + done - bar.n))
+                before = bar.n
+                task_rows = score_task(task_examples, lambda done, before=before: bar.update(before + done - bar.n))
                 if journal is not None:
                     journal.record(task, task_rows)
             bar.n = len(rows) + len(task_rows)
