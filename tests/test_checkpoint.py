@@ -1,8 +1,12 @@
 """Training checkpoints with real orbax: what they hold, what is kept, restoring onto other meshes."""
 
+import subprocess
+import sys
+
 import jax
 import numpy as np
 import pytest
+from test_resume import demo_data, train, write_config  # noqa: F401  (demo_data: a fixture)
 
 from orca_jax import parallel
 from orca_jax.config import load_config
@@ -80,3 +84,57 @@ def test_keeps_the_latest_and_each_stages_final_step(tmp_path, model_config):
 def test_rejects_keeping_nothing(tmp_path):
     with pytest.raises(ValueError, match="keep must be at least 1"):
         Checkpointer(tmp_path, keep=0, keep_steps=[])
+
+
+# The persistent compilation cache (train/loop.py enable_compilation_cache): what makes a restart fast.
+
+CACHE_PROBE = '''
+import sys
+import jax, jax.numpy as jnp
+from orca_jax.config import load_config
+from orca_jax.train import loop
+from orca_jax.train.config import TrainConfig
+config = load_config(sys.argv[1])
+config.workdir = sys.argv[2]
+config.compilation_cache = sys.argv[3] == "on"
+print(loop.enable_compilation_cache(TrainConfig.from_config(config)))
+print(jax.jit(lambda x: jnp.sin(x) * 2 + 1)(jnp.arange(8.0)).sum())
+'''
+
+
+def cache_entries(directory) -> set[str]:
+    if not directory.is_dir():
+        return set()
+    return {path.name for path in directory.iterdir() if not path.name.endswith("-atime")}
+
+
+@pytest.mark.parametrize("switch", ["on", "off"])
+def test_even_a_small_cpu_program_is_cached_under_the_workdir(repo_root, tmp_path, switch):
+    probe = [sys.executable, "-c", CACHE_PROBE, str(repo_root / "configs" / "tiny.py"), str(tmp_path), switch]
+    first = subprocess.run(probe, capture_output=True, text=True, timeout=120)
+    assert first.returncode == 0, first.stderr
+    entries = cache_entries(tmp_path / "compilation_cache")
+    if switch == "off":
+        assert first.stdout.splitlines()[0] == "None" and not (tmp_path / "compilation_cache").exists()
+        return
+    assert first.stdout.splitlines()[0] == str(tmp_path / "compilation_cache")
+    assert entries, "a program compiled in milliseconds must be cached too"
+    second = subprocess.run(probe, capture_output=True, text=True, timeout=120)
+    assert second.returncode == 0, second.stderr
+    assert cache_entries(tmp_path / "compilation_cache") == entries, "the second run compiled something anew"
+
+
+@pytest.mark.slow
+def test_a_second_training_run_compiles_nothing_new(repo_root, demo_data, tmp_path):  # noqa: F811
+    """Two `orca-jax train` runs of one tiny two-stage config in two workdirs sharing one cache: the
+    first fills it, the second adds no entry (every program it ran came from the cache)."""
+    cache = tmp_path / "cache"
+    seen = []
+    for name in ("first", "second"):
+        config_path = write_config(repo_root, demo_data, tmp_path / name)
+        returncode, output = train(config_path, f"--config.compilation_cache_dir={cache}",
+                                   "--config.stages.stage1.num_steps=3", "--config.stages.stage2.num_steps=3")
+        assert returncode == 0, output
+        seen.append(cache_entries(cache))
+    assert len(seen[0]) >= 3, f"train, eval and init steps should all be cached: {sorted(seen[0])}"
+    assert seen[1] == seen[0], f"new entries in the second run: {sorted(seen[1] - seen[0])}"

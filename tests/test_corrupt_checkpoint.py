@@ -137,7 +137,7 @@ def test_an_intact_step_passes_and_a_mismatched_restore_is_not_called_unreadable
 @pytest.fixture(scope="module")
 def reference_steps(reference_run):  # noqa: F811
     steps = sorted(int(path.name) for path in (reference_run / "checkpoints").iterdir() if path.name.isdigit())
-    assert steps[-1] == STAGE1_STEPS + STAGE2_STEPS and len(steps) >= 2, steps
+    assert steps[-1] == STAGE1_STEPS + STAGE2_STEPS and len(steps) >= 3, steps
     return steps
 
 
@@ -148,7 +148,10 @@ def test_run_resumes_from_the_previous_checkpoint_and_ends_identical(repo_root, 
     workdir = tmp_path / "damaged"
     config_path = write_config(repo_root, demo_data, workdir)
     shutil.copytree(reference_run, workdir, ignore=shutil.ignore_patterns("tensorboard"))
-    latest, previous = reference_steps[-1], reference_steps[-2]
+    # A run stopped before its end (a finished run reads no checkpoint again): without the final step,
+    # the latest is in stage 2 and the one before it is stage 1's final step.
+    shutil.rmtree(workdir / "checkpoints" / str(reference_steps[-1]))
+    latest, previous = reference_steps[-2], reference_steps[-3]
     damaged = damage(workdir / "checkpoints" / str(latest), item, name, how)
 
     returncode, output = train(config_path)
@@ -164,7 +167,8 @@ def test_run_resumes_from_the_previous_checkpoint_and_ends_identical(repo_root, 
     assert (moved[0] / damaged).exists() or how is remove
     resumed = [json.loads(line)["step"] for line in (workdir / "metrics.jsonl").read_text().splitlines()
                if "loss" in json.loads(line)]
-    assert resumed[-(latest - previous):] == list(range(previous + 1, latest + 1)), "did not retrain from previous"
+    final = STAGE1_STEPS + STAGE2_STEPS
+    assert resumed[-(final - previous):] == list(range(previous + 1, final + 1)), "did not retrain from previous"
     for (path, got), want in zip(jax.tree_util.tree_leaves_with_path(final_params(workdir)),
                                  jax.tree.leaves(final_params(reference_run))):
         np.testing.assert_array_equal(got, want, err_msg=f"{damaged}: {jax.tree_util.keystr(path)}")

@@ -38,8 +38,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import pathlib
 import re
+import sys
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -71,6 +73,34 @@ def _complete_marker(text: str, name: str) -> bool:
     if text.startswith(_MARKER_TEXT):
         return text.endswith("/" + name)
     return bool(text) and not _MARKER_TEXT.startswith(text)
+
+
+def _quiet_failed_read() -> None:
+    """After orbax failed to read a damaged step: keep its other, abandoned reads from printing.
+
+    A failed restore leaves orbax's concurrent array reads behind; when they finish they log "Task
+    exception was never retrieved" with a traceback each (asyncio) and tensorstore's callbacks print
+    "Event loop is closed" (an unraisable exception) for every one. The step is reported in one line
+    instead, so exactly those two kinds of message are dropped from then on; nothing else is.
+    """
+    if getattr(_quiet_failed_read, "installed", False):
+        return
+    _quiet_failed_read.installed = True
+
+    def unretrieved_read_error(record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return not (str(record.msg).startswith("Task exception was never retrieved")
+                    and (error is None or any(code in str(error) for code in _UNREADABLE_CODES)))
+
+    logging.getLogger("asyncio").addFilter(unretrieved_read_error)
+    previous_hook = sys.unraisablehook
+
+    def unraisable(info) -> None:
+        if isinstance(info.exc_value, RuntimeError) and str(info.exc_value) == "Event loop is closed":
+            return
+        previous_hook(info)
+
+    sys.unraisablehook = unraisable
 
 
 class UnreadableCheckpoint(Exception):
@@ -214,6 +244,7 @@ class Checkpointer:
             unreadable = unreadable_error(step, self.step_dir(step), error)
             if unreadable is None:
                 raise
+            _quiet_failed_read()
             raise unreadable from error
 
     def position(self, step: int) -> Position:
