@@ -1,9 +1,6 @@
 """`orca-jax train`: the demo end to end (reduced), and clear errors for bad configs."""
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
@@ -13,31 +10,20 @@ from orca_jax.train.config import StageConfigError, TrainConfig
 from orca_jax.train.main import main
 
 from synthetic_text import trained_tokenizer
+from test_report import shared_demo_run
 
 
 @pytest.mark.slow
-def test_demo_trains_both_stages_and_reports_accuracy(tmp_path):
-    workdir = tmp_path / "demo"
-    overrides = [
-        f"--config.workdir={workdir}",
-        "--config.demo.stage1_rows=600", "--config.demo.stage2_rows=300", "--config.demo.eval_rows=16",
-        "--config.eval.examples_per_task=1",
-        "--config.eval.max_new_tokens=32", "--config.eval.batch_size=8", "--config.eval.every_steps=10",
-        "--config.data.batch_size=8", "--config.checkpoint.every_steps=10",
-    ]
-    for stage, steps in (("stage1", 24), ("stage2", 12)):
-        overrides += [f"--config.stages.{stage}.epochs=0", f"--config.stages.{stage}.num_steps={steps}",
-                      f"--config.stages.{stage}.optimizer.warmup_steps=3"]
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
-    result = subprocess.run([sys.executable, "-m", "orca_jax.cli", "train", *overrides], env=env,
-                            capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "== demo report ==" in result.stdout
+def test_demo_trains_both_stages_and_reports_accuracy(tmp_path_factory):
+    # The reduced demo (tests/test_report.py's, shared with the report and notebook tests): both stages,
+    # an evaluation every 10 steps, checkpoints every 10.
+    workdir, stdout = shared_demo_run(tmp_path_factory)
+    assert "== demo report ==" in stdout
 
     report = json.loads((workdir / "report.json").read_text())
     assert set(report["accuracy"]) == {"untrained", "stage1", "stage2"}
     assert all(0.0 <= accuracy <= 1.0 for accuracy in report["accuracy"].values())
-    assert report["accuracy_per_task"]["stage2"] and "held-out accuracy" in result.stdout
+    assert report["accuracy_per_task"]["stage2"] and "held-out accuracy" in stdout
     for stage in ("stage1", "stage2"):
         losses = report["losses"][stage]
         assert losses["last_loss"] < losses["first_loss"], (stage, losses)

@@ -36,6 +36,7 @@ from orca_jax.errors import UserError
 from orca_jax.eval import generate, loading, sampling
 from orca_jax.eval.prompts import resolve_system_message
 from orca_jax.model.config import ModelConfig
+from orca_jax.train.config import TrainConfig
 
 # Between stop-string checks; without stop strings a batch decodes in one call.
 STOP_CHECK_TOKENS = 16
@@ -71,7 +72,7 @@ def parse_flags(argv: list[str], parser: argparse.ArgumentParser):
     flags = parser.parse_args(rest)
     if any(not stop for stop in flags.stop):
         raise GenerateError("--stop: an empty stop string would end every response at once")
-    return config, model_fields, flags
+    return TrainConfig.from_config(config, check_training=False), model_fields, flags
 
 
 @dataclasses.dataclass
@@ -90,11 +91,11 @@ class LoadedModel:
                                        choose_token=choose, mesh=self.mesh, min_bucket=min_bucket)
 
 
-def load_model(config, model_fields: list[str], flags) -> LoadedModel:
+def load_model(run: TrainConfig, model_fields: list[str], flags) -> LoadedModel:
     """Restore `--params` in the decode dtype and layout, with its tokenizer and template."""
     loading.require_params_dir(flags.params)
-    model_config = loading.model_config_for(flags.params, config, model_fields)
-    tokenizer = Tokenizer.load(flags.tokenizer or config.data.tokenizer)
+    model_config = loading.model_config_for(flags.params, run.model, model_fields)
+    tokenizer = Tokenizer.load(flags.tokenizer or run.data.tokenizer)
     tokenizer.check_fits(model_config.vocab_size)
     max_new_tokens = flags.max_new_tokens or loading.default_max_new_tokens(model_config)
     loading.check_max_new_tokens(max_new_tokens, model_config)
@@ -103,7 +104,7 @@ def load_model(config, model_fields: list[str], flags) -> LoadedModel:
     mesh = loading.parse_mesh(flags.mesh) if flags.mesh else None
     params = loading.restore_for_decoding(flags.params, model_config, mesh,
                                           loading.params_dtype(model_config, flags.params_dtype))
-    template = get_template(flags.template or config.data.template)
+    template = get_template(flags.template or run.data.template)
     return LoadedModel(params, model_config, tokenizer, template, mesh, max_new_tokens)
 
 

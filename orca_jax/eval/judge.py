@@ -263,7 +263,7 @@ def generate_answers(prompts, flags, config, out_path: pathlib.Path) -> int:
     todo = [prompt for prompt in prompts if prompt.id not in have]
     if not todo:
         return 0
-    model_config = loading.model_config_for(flags.params, config)
+    model_config = loading.model_config_for(flags.params, config.model)
     tokenizer = Tokenizer.load(flags.tokenizer or config.data.tokenizer)
     tokenizer.check_fits(model_config.vocab_size)
     template = get_template(flags.template or config.data.template)
@@ -403,12 +403,15 @@ def run(config, flags) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     from orca_jax.config import default_config, parse_config_args
+    from orca_jax.train.config import TrainConfig
 
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         # A config (tokenizer, template, model) matters only for generating answers: judging files reads none.
         config, rest = (parse_config_args(argv, default=default_config("demo")) if "--params" in argv
                         else (None, argv))
+        if config is not None:
+            config = TrainConfig.from_config(config, check_training=False)
         flags = parse_flags(rest)
         report = run(config, flags)
     except UserError as error:

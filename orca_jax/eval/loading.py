@@ -12,7 +12,6 @@ judge, lm-eval): which model they are, in what dtype, on what mesh.
 
 from __future__ import annotations
 
-import dataclasses
 import pathlib
 
 from jax.sharding import Mesh
@@ -41,17 +40,18 @@ def require_params_dir(path: str | pathlib.Path) -> None:
                                       "or checkpoint step")
 
 
-def model_config_for(params: str | pathlib.Path, config=None, model_fields: list[str] = ()) -> ModelConfig:
-    """The params directory's model config with the overridden fields of `config.model` on top; without
-    a stored one, the config's model block (an error when there is no config either)."""
+def model_config_for(params: str | pathlib.Path, configured: ModelConfig | None = None,
+                     model_fields: list[str] = ()) -> ModelConfig:
+    """The params directory's model config with the `model_fields` of `configured` (the config file's
+    model, with the command line's overrides) on top; without a stored one, `configured` itself (an
+    error when there is none either)."""
     stored = params_io.stored_model_config(params)
     if stored is None:
-        if config is None or "model" not in config:
+        if configured is None:
             raise params_io.ParamsIOError(f"{params}: no model_config.json (or checkpoint meta) to read the "
                                           "model from; pass --config with a model block")
-        return ModelConfig.from_config(config.model)
-    overrides = {field: config.model[field] for field in model_fields} if config is not None else {}
-    return ModelConfig.from_config({**dataclasses.asdict(stored), **overrides})
+        return configured
+    return stored.replace(**{field: getattr(configured, field) for field in model_fields})
 
 
 def params_dtype(model_config: ModelConfig, choice: str | None) -> str:

@@ -53,6 +53,7 @@ from orca_jax.eval.report import format_report
 from orca_jax.eval.runner import Journal, evaluate_examples, score_row
 from orca_jax.model import params_io
 from orca_jax.model.config import ModelConfig
+from orca_jax.train.config import TrainConfig
 
 RESPONSE_FIELDS = ("benchmark", "task", "index", "options", "gold", "response")
 METHODS = ("generate", "loglikelihood")
@@ -97,7 +98,7 @@ def parse_args(argv: list[str]):
     flags = parser.parse_args(rest)
     if not (flags.list or flags.rescore or flags.params):
         parser.error("--params is required (or --list, or --rescore)")
-    return config, model_fields, flags
+    return TrainConfig.from_config(config, check_training=False), model_fields, flags
 
 
 def code_revision() -> str:
@@ -113,10 +114,10 @@ def code_revision() -> str:
     return revision + ("+dirty" if dirty else "")
 
 
-def load_examples(config, flags) -> list[benchmarks.Example]:
+def load_examples(run: TrainConfig, flags) -> list[benchmarks.Example]:
     demo_path = flags.eval_path
-    if demo_path is None and "eval" in config and config.eval.eval_path:
-        demo_path = config.eval.eval_path
+    if demo_path is None and run.eval.eval_path:
+        demo_path = run.eval.eval_path
     return benchmarks.load_suite(flags.suite, benchmarks_dir=flags.benchmarks_dir, demo_path=demo_path,
                                  tasks=flags.tasks, limit=flags.limit)
 
@@ -138,30 +139,30 @@ def list_suite(examples: list[benchmarks.Example], suite: str) -> str:
     return "\n".join(lines)
 
 
-def evaluate(config, model_fields: list[str], flags) -> tuple[dict, list[dict]]:
+def evaluate(run: TrainConfig, model_fields: list[str], flags) -> tuple[dict, list[dict]]:
     """(report, scored rows) of a model run."""
     loading.require_params_dir(flags.params)
-    model_config = loading.model_config_for(flags.params, config, model_fields)
-    tokenizer = Tokenizer.load(config.data.tokenizer)
+    model_config = loading.model_config_for(flags.params, run.model, model_fields)
+    tokenizer = Tokenizer.load(run.data.tokenizer)
     tokenizer.check_fits(model_config.vocab_size)
-    examples = load_examples(config, flags)
+    examples = load_examples(run, flags)
     if flags.max_new_tokens is not None:
         max_new_tokens = flags.max_new_tokens
-    elif flags.suite == "demo" and "eval" in config:
-        max_new_tokens = config.eval.max_new_tokens
+    elif flags.suite == "demo":
+        max_new_tokens = run.eval.max_new_tokens
     else:
         max_new_tokens = loading.default_max_new_tokens(model_config)
     loading.check_max_new_tokens(max_new_tokens, model_config)
     system_message = resolve_system_message(flags.system_message)
     if system_message is None and flags.suite != "demo":
         system_message = ""  # Orca's protocol: an empty system message
-    template = get_template(config.data.template)
+    template = get_template(run.data.template)
     builder = PromptBuilder(tokenizer, template, style=flags.prompt_style, system_message=system_message,
                             max_tokens=model_config.max_seq_len - max_new_tokens, long_prompts=flags.long_prompts)
     dtype = loading.params_dtype(model_config, flags.params_dtype)
-    mesh = loading.parse_mesh(flags.mesh, parallel.MeshConfig.from_config(config.get("mesh")))
+    mesh = loading.parse_mesh(flags.mesh, run.mesh)
     if flags.method == "loglikelihood":
-        return evaluate_loglikelihood(config, flags, model_config, tokenizer, examples, dtype, mesh)
+        return evaluate_loglikelihood(run, flags, model_config, tokenizer, examples, dtype, mesh)
     provenance = {
         "suite": flags.suite, "method": flags.method,
         "tasks": list(dict.fromkeys(example.task for example in examples)),
@@ -169,7 +170,7 @@ def evaluate(config, model_fields: list[str], flags) -> tuple[dict, list[dict]]:
         "system_message": builder.system_message, "template": template.name if flags.prompt_style == "chat" else None,
         "decode": {"method": "greedy", "batch_size": flags.batch_size}, "max_new_tokens": max_new_tokens,
         "long_prompts": flags.long_prompts, "model_config": dataclasses.asdict(model_config),
-        "params": str(flags.params), "params_dtype": dtype, "tokenizer": str(config.data.tokenizer),
+        "params": str(flags.params), "params_dtype": dtype, "tokenizer": str(run.data.tokenizer),
         "mesh": dict(zip(parallel.MESH_AXES, mesh.devices.shape)),
     }
     journal_path = flags.journal or (f"{flags.output}.journal" if flags.output else None)
@@ -188,7 +189,7 @@ def finish(rows: list[dict], provenance: dict) -> tuple[dict, list[dict]]:
     return truthfulqa.build_report(rows, provenance), rows
 
 
-def evaluate_loglikelihood(config, flags, model_config: ModelConfig, tokenizer: Tokenizer,
+def evaluate_loglikelihood(run: TrainConfig, flags, model_config: ModelConfig, tokenizer: Tokenizer,
                            examples: list[benchmarks.Example], dtype: str, mesh) -> tuple[dict, list[dict]]:
     """(report, rows) by log-likelihood: BBH/AGIEval options after the benchmark's prompt, TruthfulQA's
     MC1/MC2 after its authors' prompt. Parameters are laid out by the training rules (a forward pass
@@ -199,7 +200,7 @@ def evaluate_loglikelihood(config, flags, model_config: ModelConfig, tokenizer: 
     system_message = resolve_system_message(flags.system_message)
     if system_message is None and flags.suite != "demo":
         system_message = ""
-    template = get_template(config.data.template)
+    template = get_template(run.data.template)
     builder = PromptBuilder(tokenizer, template, style=flags.prompt_style, system_message=system_message,
                             max_tokens=max(2, row_length - OPTION_ROOM), long_prompts=flags.long_prompts)
     rules = parallel.LOGICAL_AXIS_RULES
@@ -213,7 +214,7 @@ def evaluate_loglikelihood(config, flags, model_config: ModelConfig, tokenizer: 
         "decode": {"method": "loglikelihood", "normalize": flags.normalize, "row_length": row_length,
                    "batch_rows": flags.batch_size},
         "long_prompts": flags.long_prompts, "model_config": dataclasses.asdict(model_config),
-        "params": str(flags.params), "params_dtype": dtype, "tokenizer": str(config.data.tokenizer),
+        "params": str(flags.params), "params_dtype": dtype, "tokenizer": str(run.data.tokenizer),
         "mesh": dict(zip(parallel.MESH_AXES, mesh.devices.shape)),
     }
     if any(example.benchmark == "truthfulqa" for example in examples):
@@ -288,11 +289,11 @@ def write_jsonl(path: str | pathlib.Path, rows: list[dict]) -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        config, model_fields, flags = parse_args(argv)
+        run, model_fields, flags = parse_args(argv)
         if flags.list:
-            print(list_suite(load_examples(config, flags), flags.suite))
+            print(list_suite(load_examples(run, flags), flags.suite))
             return 0
-        report, rows = rescore(flags) if flags.rescore else evaluate(config, model_fields, flags)
+        report, rows = rescore(flags) if flags.rescore else evaluate(run, model_fields, flags)
     except UserError as error:
         print(f"orca-jax evaluate: {error}", file=sys.stderr)
         return 1

@@ -124,8 +124,11 @@ class TrainConfig:
     share one (entries are keyed by program, compiler options and jax version)."""
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> TrainConfig:
-        """Type every block and check what the blocks must agree on; unknown fields are errors."""
+    def from_config(cls, config: Mapping[str, Any], check_training: bool = True) -> TrainConfig:
+        """Type every block and check what the blocks must agree on; unknown fields are errors.
+
+        `check_training=False` types the blocks without the training checks (evaluation and generation
+        read the tokenizer, template, mesh and eval blocks of a training config, not its batches)."""
         values = dict(config.items())
         if "model" not in values:
             raise ConfigError("the config has no model block")
@@ -138,7 +141,8 @@ class TrainConfig:
                 values[name] = typed_block(block_type, values[name], ConfigError, f"{name} config")
         values["stages"] = _stages(values.pop("stages", None), values.pop("stage_order", None))
         run = typed_block(cls, values, ConfigError, "config")
-        run.check_blocks()
+        if check_training:
+            run.check_blocks()
         return run
 
     def to_json(self) -> str:
