@@ -8,6 +8,7 @@ import pathlib
 
 import nbformat
 import pytest
+
 from test_report import shared_demo_run
 
 NOTEBOOKS = pathlib.Path(__file__).resolve().parents[1] / "notebooks"
