@@ -94,6 +94,14 @@ def test_watch_stops_when_the_trainer_stopped_on_purpose(fake):
     assert "Not relaunching" in result.stdout
 
 
+def test_watch_relaunches_a_job_that_died_of_an_exception(fake):
+    env, state = fake
+    result = run("watch.sh", env, FAKE_GCLOUD_SCENARIO="crash,exit:0")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert [label(args) for args in calls(state)].count("ssh start") == 2
+    assert "exited 1 traceback" in result.stdout
+
+
 def test_watch_gives_up_when_the_retry_budget_is_spent(fake):
     env, state = fake
     result = run("watch.sh", env, FAKE_GCLOUD_SCENARIO="exit:137", WATCH_RETRIES="2")

@@ -14,7 +14,8 @@
 # The job's state: running: wait. Exit 0: the run is finished; watch.sh exits 0 (and deletes the slice
 # if WATCH_DELETE_WHEN_DONE=1). Exit 1: the trainer stopped on purpose (a NaN, a bad config or data:
 # its log says which) and would stop again: watch.sh exits 1 and leaves the slice for you to look at.
-# Any other exit (143 after SIGTERM, 137 killed, a crash) or no job at all: relaunch (one recovery).
+# Any other exit (143 after SIGTERM, 137 killed, a crash, exit 1 with a traceback in the log: an
+# exception, not a decision) or no job at all: relaunch (one recovery).
 # Worker 0 unreachable WATCH_UNREACHABLE polls in a row (default 3): relaunch (one recovery).
 # After WATCH_RETRIES recoveries (default 10) it gives up with exit code 3. The trainer resumes from the
 # run's latest readable checkpoint each time, so a recovery costs the steps since that checkpoint.

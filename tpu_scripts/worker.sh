@@ -9,7 +9,8 @@
 #                              paths in the bucket
 #   worker.sh stop             SIGTERM the run (it saves a checkpoint, then exits) and wait for it
 #   worker.sh status           one line: "status: running", "status: exited CODE" (the trainer's exit
-#                              code: 0 done, 1 stopped on purpose, 143 SIGTERM) or "status: none"
+#                              code: 0 done, 1 stopped on purpose, "1 traceback" an uncaught exception,
+#                              143 SIGTERM) or "status: none"
 #
 # Needs ORCA_BUCKET, ORCA_MOUNT and ORCA_JAX_SPEC in the environment (common.sh's worker_command).
 set -euo pipefail
@@ -88,7 +89,13 @@ status() {
     if running_pid >/dev/null; then
         echo "status: running"
     elif [[ -f "$EXITFILE" ]]; then
-        echo "status: exited $(cat "$EXITFILE")"
+        # Exit code 1 is both the trainer's own one-line stop and an uncaught exception: the
+        # traceback in the log tells them apart.
+        if [[ "$(cat "$EXITFILE")" == 1 ]] && grep -q '^Traceback (most recent call last)' "$LOGS/train.log"; then
+            echo "status: exited 1 traceback"
+        else
+            echo "status: exited $(cat "$EXITFILE")"
+        fi
     else
         echo "status: none"
     fi

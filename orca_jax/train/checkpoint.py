@@ -81,7 +81,8 @@ def _quiet_failed_read() -> None:
     A failed restore leaves orbax's concurrent array reads behind; when they finish they log "Task
     exception was never retrieved" with a traceback each (asyncio) and tensorstore's callbacks print
     "Event loop is closed" (an unraisable exception) for every one. The step is reported in one line
-    instead, so exactly those two kinds of message are dropped from then on; nothing else is.
+    instead, so exactly those two kinds of message are dropped (installed at the first restore); nothing
+    else is.
     """
     if getattr(_quiet_failed_read, "installed", False):
         return
@@ -238,13 +239,13 @@ class Checkpointer:
 
     def _restore(self, step: int, **items):
         """orbax's restore, with a missing or damaged file raised as UnreadableCheckpoint."""
+        _quiet_failed_read()  # before: the abandoned reads may print while the failure still propagates
         try:
             return self._manager.restore(step, args=ocp.args.Composite(**items))
         except Exception as error:
             unreadable = unreadable_error(step, self.step_dir(step), error)
             if unreadable is None:
                 raise
-            _quiet_failed_read()
             raise unreadable from error
 
     def position(self, step: int) -> Position:
