@@ -8,7 +8,7 @@ import pytest
 from flax import linen as nn
 
 from orca_jax import parallel
-from orca_jax.eval import generate
+from orca_jax.eval import generate, streaming
 from orca_jax.eval.generate import attend_buckets, greedy_decode_batch, greedy_generate, prompt_bucket
 from orca_jax.model.config import ModelConfig
 from orca_jax.model.llama import Llama
@@ -236,7 +236,7 @@ def test_chunked_decoder_gives_greedy_generate_tokens_across_buckets(params, chu
     prompts = [random_prompt(seed, length) for seed, length in zip(range(100, 103), (14, 5, 9))]
     kwargs = dict(max_new_tokens=NEW_TOKENS, eos_id=EOS_ID, pad_id=PAD_ID, min_bucket=8)
     expected = greedy_generate(params, CONFIG, prompts, batch_size=3, **kwargs)
-    run = generate.ChunkedDecoder(params, CONFIG, **kwargs).start(prompts, batch_size=4)
+    run = streaming.ChunkedDecoder(params, CONFIG, **kwargs).start(prompts, batch_size=4)
     calls = 0
     while not run.done:
         run.advance(chunk)
@@ -249,7 +249,7 @@ def test_chunked_decoder_stops_rows_the_host_ends(params):
     prompts = [random_prompt(seed, length) for seed, length in zip(range(110, 112), (6, 7))]
     kwargs = dict(max_new_tokens=NEW_TOKENS, eos_id=UNREACHABLE_EOS, pad_id=PAD_ID)
     full = greedy_generate(params, CONFIG, prompts, batch_size=2, **kwargs)
-    run = generate.ChunkedDecoder(params, CONFIG, **kwargs).start(prompts)
+    run = streaming.ChunkedDecoder(params, CONFIG, **kwargs).start(prompts)
     assert run.state.rng is None  # greedy decoding carries no keys
     run.advance(2)
     run.stop([0])
@@ -257,7 +257,7 @@ def test_chunked_decoder_stops_rows_the_host_ends(params):
     while not run.done:
         run.advance(2)
     assert run.tokens() == [full[0][:2], full[1]]
-    run = generate.ChunkedDecoder(params, CONFIG, **kwargs).start(prompts)
+    run = streaming.ChunkedDecoder(params, CONFIG, **kwargs).start(prompts)
     run.advance(3)
     run.stop([0, 1])
     assert run.done and run.step == 3
@@ -267,9 +267,9 @@ def test_chunked_decoder_on_a_decode_mesh_matches_one_device(params):
     mesh = parallel.make_mesh(data=2, fsdp=1, tensor=2, devices=jax.devices()[:4])
     prompts = [random_prompt(seed, length) for seed, length in zip(range(120, 123), (5, 12, 8))]
     kwargs = dict(max_new_tokens=NEW_TOKENS, eos_id=EOS_ID, pad_id=PAD_ID)
-    run = generate.ChunkedDecoder(params, CONFIG, mesh=mesh, **kwargs).start(prompts, batch_size=4)
+    run = streaming.ChunkedDecoder(params, CONFIG, mesh=mesh, **kwargs).start(prompts, batch_size=4)
     while not run.done:
         run.advance(3)
     assert run.tokens() == greedy_generate(params, CONFIG, prompts, batch_size=3, **kwargs)
     with pytest.raises(ValueError, match="batch size"):
-        generate.ChunkedDecoder(params, CONFIG, mesh=mesh, **kwargs).start(prompts)  # 3 rows over 2
+        streaming.ChunkedDecoder(params, CONFIG, mesh=mesh, **kwargs).start(prompts)  # 3 rows over 2

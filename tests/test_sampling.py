@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from orca_jax.errors import UserError
-from orca_jax.eval import generate, sampling
+from orca_jax.eval import generate, sampling, streaming
 from orca_jax.eval.sampling import Sampler
 
 from test_generate import CONFIG, PAD_ID, UNREACHABLE_EOS, params, random_prompt  # noqa: F401 (fixture)
@@ -86,7 +86,7 @@ def test_chooser_is_greedy_at_temperature_zero_and_checks_its_flags():
 
 
 def chunked(params, prompts, choose_token, rng, chunk: int, batch_size=None, new_tokens: int = 12):
-    decoder = generate.ChunkedDecoder(params, CONFIG, max_new_tokens=new_tokens, eos_id=UNREACHABLE_EOS,
+    decoder = streaming.ChunkedDecoder(params, CONFIG, max_new_tokens=new_tokens, eos_id=UNREACHABLE_EOS,
                                       pad_id=PAD_ID, choose_token=choose_token, min_bucket=8)
     run = decoder.start(prompts, rng=rng, batch_size=batch_size)
     while not run.done:

@@ -17,7 +17,7 @@ whole conversation is re-rendered and re-encoded every turn (BOS + text, as `enc
 history the prompt is exactly the single-turn evaluation prompt. When it no longer fits in the
 window beside max_new_tokens, the oldest exchanges are dropped.
 
-Streaming: the decode runs CHUNK_TOKENS steps per call of a jitted loop (`generate.ChunkedDecoder`,
+Streaming: the decode runs CHUNK_TOKENS steps per call of a jitted loop (`streaming.ChunkedDecoder`,
 the evaluation's own prefill, loop and token choice; one compilation per prompt-length bucket), and
 the text is released between calls through `generate_cli.TextStream`. Turn t of a session samples
 with keys (seed, t), so a seeded session replays exactly; /reset restarts the count.
@@ -34,9 +34,9 @@ from collections.abc import Callable
 from orca_jax.data.templates import Template
 from orca_jax.errors import UserError
 from orca_jax.eval import sampling
-from orca_jax.eval.generate import ChunkedDecoder
 from orca_jax.eval.generate_cli import LoadedModel, TextStream, add_decoding_flags, load_model, parse_flags
 from orca_jax.eval.prompts import resolve_system_message
+from orca_jax.eval.streaming import ChunkedDecoder
 
 # Tokens per decode call: small enough to stream smoothly (a 13B step is tens of ms), large enough
 # that the host round trip per call is noise.

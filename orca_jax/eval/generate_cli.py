@@ -33,7 +33,7 @@ from orca_jax.data.jsonl import read_objects
 from orca_jax.data.templates import TEMPLATES, Template, encode_prompt, get_template
 from orca_jax.data.tokenizer import Tokenizer
 from orca_jax.errors import UserError
-from orca_jax.eval import generate, loading, sampling
+from orca_jax.eval import generate, loading, sampling, streaming
 from orca_jax.eval.prompts import resolve_system_message
 from orca_jax.model.config import ModelConfig
 from orca_jax.train.config import TrainConfig
@@ -84,9 +84,9 @@ class LoadedModel:
     mesh: Mesh | None
     max_new_tokens: int
 
-    def decoder(self, flags, min_bucket: int = generate.MIN_ATTEND_BUCKET) -> generate.ChunkedDecoder:
+    def decoder(self, flags, min_bucket: int = generate.MIN_ATTEND_BUCKET) -> streaming.ChunkedDecoder:
         choose = sampling.chooser(flags.temperature, flags.top_k, flags.top_p)
-        return generate.ChunkedDecoder(self.params, self.model_config, max_new_tokens=self.max_new_tokens,
+        return streaming.ChunkedDecoder(self.params, self.model_config, max_new_tokens=self.max_new_tokens,
                                        eos_id=self.tokenizer.eos_id, pad_id=self.tokenizer.pad_id,
                                        choose_token=choose, mesh=self.mesh, min_bucket=min_bucket)
 
@@ -150,7 +150,7 @@ class TextStream:
 
 # ---- The batch command -----------------------------------------------------------------------
 
-def decode_batch(decoder: generate.ChunkedDecoder, tokenizer: Tokenizer, prompts: list[list[int]],
+def decode_batch(decoder: streaming.ChunkedDecoder, tokenizer: Tokenizer, prompts: list[list[int]],
                  row_numbers: list[int], *, seed: int, stops: Sequence[str], batch_size: int,
                  sampled: bool) -> list[tuple[str, str]]:
     """(response, finish_reason) of each prompt, decoded together; rows end at EOS, at a stop string
