@@ -43,12 +43,27 @@ def first_loss_step(workdir: pathlib.Path, after: int) -> int | None:
     return None
 
 
+CONFIG_WRAPPER = """
+from orca_jax.config import load_config
+
+
+def get_config():
+    config = load_config({config!r})
+    config.compilation_cache = True
+    config.compilation_cache_dir = {cache!r}
+    return config
+"""
+
+
 def run_until_step(config: str, workdir: pathlib.Path, cache: pathlib.Path, after: int, timeout_s: float) -> float:
     """Start training in `workdir`; kill it once a step past `after` is logged; seconds from spawn to then."""
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1", "JAX_PLATFORMS": "cpu"}
-    command = [sys.executable, "-m", "orca_jax.cli", "train", "--config", config, f"--config.workdir={workdir}",
-               f"--config.compilation_cache_dir={cache}", f"--config.checkpoint.every_steps={CHECKPOINT_EVERY}",
-               "--config.log_every_steps=1"]
+    # The cache fields are TrainConfig defaults that a config file need not list, and an override cannot
+    # add a field, so a wrapper config sets them.
+    wrapper = workdir.with_name(workdir.name + "-config.py")
+    wrapper.write_text(CONFIG_WRAPPER.format(config=config, cache=str(cache)))
+    command = [sys.executable, "-m", "orca_jax.cli", "train", "--config", str(wrapper), f"--config.workdir={workdir}",
+               f"--config.checkpoint.every_steps={CHECKPOINT_EVERY}", "--config.log_every_steps=1"]
     start = time.perf_counter()
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:

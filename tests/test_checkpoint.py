@@ -131,9 +131,13 @@ def test_a_second_training_run_compiles_nothing_new(repo_root, demo_data, tmp_pa
     cache = tmp_path / "cache"
     seen = []
     for name in ("first", "second"):
-        config_path = write_config(repo_root, demo_data, tmp_path / name)
-        returncode, output = train(config_path, f"--config.compilation_cache_dir={cache}",
-                                   "--config.stages.stage1.num_steps=3", "--config.stages.stage2.num_steps=3")
+        base = write_config(repo_root, demo_data, tmp_path / name)
+        config_path = base.with_name(f"{name}_cached.py")  # an override cannot add the cache fields
+        config_path.write_text(f"from orca_jax.config import load_config\n\n\ndef get_config():\n"
+                               f"    config = load_config({str(base)!r})\n"
+                               f"    config.compilation_cache_dir = {str(cache)!r}\n    return config\n")
+        returncode, output = train(config_path, "--config.stages.stage1.num_steps=3",
+                                   "--config.stages.stage2.num_steps=3")
         assert returncode == 0, output
         seen.append(cache_entries(cache))
     assert len(seen[0]) >= 3, f"train, eval and init steps should all be cached: {sorted(seen[0])}"
