@@ -1,5 +1,6 @@
 """Training checkpoints with real orbax: what they hold, what is kept, restoring onto other meshes."""
 
+import os
 import subprocess
 import sys
 
@@ -108,10 +109,20 @@ def cache_entries(directory) -> set[str]:
     return {path.name for path in directory.iterdir() if not path.name.endswith("-atime")}
 
 
+# JAX logs every persistent-cache hit (with jax_log_compiles) and miss (with jax_explain_cache_misses).
+CACHE_LOGGING = {"JAX_LOG_COMPILES": "1", "JAX_EXPLAIN_CACHE_MISSES": "1"}
+
+
+def hits_and_misses(output: str) -> tuple[int, int]:
+    return (output.count("Persistent compilation cache hit for"),
+            output.count("PERSISTENT COMPILATION CACHE MISS for"))
+
+
 @pytest.mark.parametrize("switch", ["on", "off"])
 def test_even_a_small_cpu_program_is_cached_under_the_workdir(repo_root, tmp_path, switch):
     probe = [sys.executable, "-c", CACHE_PROBE, str(repo_root / "configs" / "tiny.py"), str(tmp_path), switch]
-    first = subprocess.run(probe, capture_output=True, text=True, timeout=120)
+    env = {**os.environ, **CACHE_LOGGING}
+    first = subprocess.run(probe, capture_output=True, text=True, timeout=120, env=env)
     assert first.returncode == 0, first.stderr
     entries = cache_entries(tmp_path / "compilation_cache")
     if switch == "off":
@@ -119,16 +130,21 @@ def test_even_a_small_cpu_program_is_cached_under_the_workdir(repo_root, tmp_pat
         return
     assert first.stdout.splitlines()[0] == str(tmp_path / "compilation_cache")
     assert entries, "a program compiled in milliseconds must be cached too"
-    second = subprocess.run(probe, capture_output=True, text=True, timeout=120)
+    assert hits_and_misses(first.stderr)[1] >= 1, first.stderr
+    second = subprocess.run(probe, capture_output=True, text=True, timeout=120, env=env)
     assert second.returncode == 0, second.stderr
-    assert cache_entries(tmp_path / "compilation_cache") == entries, "the second run compiled something anew"
+    hits, misses = hits_and_misses(second.stderr)
+    assert hits >= 1 and misses == 0, second.stderr
+    assert cache_entries(tmp_path / "compilation_cache") == entries
 
 
 @pytest.mark.slow
-def test_a_second_training_run_compiles_nothing_new(repo_root, demo_data, tmp_path):  # noqa: F811
+def test_a_second_training_run_compiles_nothing_new(repo_root, demo_data, tmp_path, monkeypatch):  # noqa: F811
     """Two `orca-jax train` runs of one tiny two-stage config in two workdirs sharing one cache: the
-    first fills it, the second adds no entry (every program it ran came from the cache)."""
+    first fills it, the second compiles nothing (every program it runs is a cache hit, none a miss)."""
     cache = tmp_path / "cache"
+    for name, value in CACHE_LOGGING.items():
+        monkeypatch.setenv(name, value)
     seen = []
     for name in ("first", "second"):
         base = write_config(repo_root, demo_data, tmp_path / name)
@@ -139,6 +155,8 @@ def test_a_second_training_run_compiles_nothing_new(repo_root, demo_data, tmp_pa
         returncode, output = train(config_path, "--config.stages.stage1.num_steps=3",
                                    "--config.stages.stage2.num_steps=3")
         assert returncode == 0, output
-        seen.append(cache_entries(cache))
-    assert len(seen[0]) >= 3, f"train, eval and init steps should all be cached: {sorted(seen[0])}"
-    assert seen[1] == seen[0], f"new entries in the second run: {sorted(seen[1] - seen[0])}"
+        seen.append((cache_entries(cache), *hits_and_misses(output)))
+    (first_entries, _, first_misses), (second_entries, second_hits, second_misses) = seen
+    assert len(first_entries) >= 3 and first_misses >= 3, f"train, eval and init steps should be cached: {seen[0]}"
+    assert second_misses == 0 and second_hits >= first_misses, seen
+    assert second_entries == first_entries
