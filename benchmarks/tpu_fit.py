@@ -41,7 +41,7 @@ from orca_jax import parallel  # noqa: E402
 from orca_jax.config import parse_config_args  # noqa: E402
 from orca_jax.data.packing import ROW_FIELDS  # noqa: E402
 from orca_jax.errors import UserError  # noqa: E402
-from orca_jax.model import ModelConfig, params_io  # noqa: E402
+from orca_jax.model import ModelConfig  # noqa: E402
 from orca_jax.train import step  # noqa: E402
 from orca_jax.train.config import TrainConfig  # noqa: E402
 from orca_jax.train.optimizer import OptimizerConfig, make_optimizer  # noqa: E402
@@ -119,7 +119,7 @@ def compile_train_step(job: FitJob, mesh):
     parallel.check_divisible("batch_size / grad_accum_steps", job.batch_size // microbatches, mesh, ("data", "fsdp"))
     # Described before the mesh becomes current: under a current mesh of these compile-only devices an
     # eager JAX op would try to run on a TPU that is not there.
-    state = step.abstract_state(params_io.abstract_params(job.model, mesh), optimizer, mesh)
+    state = step.abstract_state(parallel.abstract_params(job.model, mesh), optimizer, mesh)
     batch_sharding = parallel.batch_sharding(mesh)
     batch = {key: jax.ShapeDtypeStruct((job.batch_size, job.seq_len), BATCH_DTYPES[key], sharding=batch_sharding)
              for key in ROW_FIELDS}

@@ -12,14 +12,18 @@ import contextlib
 import dataclasses
 import math
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from orca_jax.config import typed_block
 from orca_jax.errors import UserError
+from orca_jax.model.config import ModelConfig
+from orca_jax.model.llama import init_params
 
 MESH_AXES = ("data", "fsdp", "tensor")
 
@@ -164,3 +168,15 @@ def check_divisible(name: str, size: int, mesh: Mesh, mesh_axes: str | tuple[str
     parts = math.prod(mesh.shape[a] for a in axes)
     if size % parts:
         raise MeshShapeError(f"{name}={size} is not divisible by mesh axes {axes} of total size {parts}")
+
+
+def abstract_params(model_config: ModelConfig, mesh: Mesh, dtype: str | None = None) -> Any:
+    """ShapeDtypeStructs of the model's parameters, sharded on `mesh` by the logical-axis rules.
+
+    `dtype` defaults to the config's param_dtype. Nothing is allocated.
+    """
+    boxed = jax.eval_shape(lambda: init_params(model_config, jax.random.key(0)))
+    shardings = param_shardings(mesh, boxed)
+    dtype = jnp.dtype(dtype or model_config.param_dtype)
+    return jax.tree.map(lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, dtype, sharding=sharding),
+                        nn.unbox(boxed), shardings)

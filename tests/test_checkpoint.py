@@ -11,7 +11,7 @@ from test_resume import demo_data, train, write_config  # noqa: F401  (demo_data
 
 from orca_jax import parallel
 from orca_jax.config import load_config
-from orca_jax.model import ModelConfig, params_io
+from orca_jax.model import ModelConfig
 from orca_jax.train import step as train_step
 from orca_jax.train.checkpoint import Checkpointer, Position
 from orca_jax.train.optimizer import OptimizerConfig, make_optimizer
@@ -24,7 +24,7 @@ def model_config(repo_root) -> ModelConfig:
 
 def abstract_state(model_config, mesh):
     optimizer = make_optimizer(OptimizerConfig(weight_decay=0.1), total_steps=10)
-    params_abstract = params_io.abstract_params(model_config, mesh)
+    params_abstract = parallel.abstract_params(model_config, mesh)
     return optimizer, train_step.abstract_state(params_abstract, optimizer, mesh)
 
 

@@ -81,7 +81,7 @@ def _our_logits(params_dir: pathlib.Path) -> np.ndarray:
     saved = params_io.load_model_config(params_dir)
     assert saved.replace(param_dtype="float32", compute_dtype="float32") == _our_config()
     mesh = parallel.make_mesh(1, 1, 1, devices=jax.devices()[:1])
-    params = params_io.restore_params(params_dir, params_io.abstract_params(_our_config(), mesh))
+    params = params_io.restore_params(params_dir, parallel.abstract_params(_our_config(), mesh))
     return np.asarray(_forward_f32(params, TOKENS))
 
 

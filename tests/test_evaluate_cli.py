@@ -112,7 +112,7 @@ def test_a_benchmark_run_prints_the_report_and_saves_every_example(setup, tmp_pa
     model_config = params_io.load_model_config(root / "params")
     mesh = parallel.make_mesh()
     # Restored in float32 and cast by the decoder (norm scales stay float32), as evaluate restores them.
-    params = params_io.restore_params(root / "params", params_io.abstract_params(model_config, mesh))
+    params = params_io.restore_params(root / "params", parallel.abstract_params(model_config, mesh))
     builder = PromptBuilder(tokenizer, "orca", system_message="", max_tokens=WINDOW - WINDOW // 4)
     direct = runner.evaluate_examples(params, model_config, tokenizer, builder,
                                       load_suite("bbh", benchmarks_dir=bench)[::-1],
@@ -149,7 +149,7 @@ def test_an_interrupted_evaluation_resumes_from_its_journal(setup, tmp_path):
     root, _, tokenizer, bench = setup
     model_config = params_io.load_model_config(root / "params")
     mesh = parallel.make_mesh(devices=jax.devices()[:1])
-    params = params_io.restore_params(root / "params", params_io.abstract_params(model_config, mesh))
+    params = params_io.restore_params(root / "params", parallel.abstract_params(model_config, mesh))
     builder = PromptBuilder(tokenizer, "orca", system_message="", max_tokens=WINDOW - 8)
     examples = load_suite("bbh", benchmarks_dir=bench)
     settings = {"suite": "bbh", "max_new_tokens": 8}

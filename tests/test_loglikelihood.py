@@ -39,7 +39,7 @@ def tiny(tmp_path_factory):
     assert convert.main(["import", "--hf_dir", str(root / "hf"), "--out", str(root / "params")]) == 0
     model_config = dataclasses.replace(params_io.load_model_config(root / "params"), compute_dtype="float32")
     mesh = parallel.make_mesh()
-    params = params_io.restore_params(root / "params", params_io.abstract_params(model_config, mesh))
+    params = params_io.restore_params(root / "params", parallel.abstract_params(model_config, mesh))
     return root, tokenizer, hf_model, model_config, mesh, params
 
 

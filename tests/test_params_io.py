@@ -23,7 +23,7 @@ def saved(tmp_path_factory):
     mesh = parallel.make_mesh(1, 1, 1, devices=jax.devices()[:1])
     rng = np.random.default_rng(0)
     params = jax.tree.map(lambda leaf: rng.standard_normal(leaf.shape).astype(ml_dtypes.bfloat16),
-                          params_io.abstract_params(CONFIG, mesh))
+                          parallel.abstract_params(CONFIG, mesh))
     directory = tmp_path_factory.mktemp("params")
     params_io.save_params(directory, params, CONFIG)
     return directory, params
@@ -32,7 +32,7 @@ def saved(tmp_path_factory):
 def test_restore_onto_2x2x2_mesh_shards_and_casts(saved):
     directory, params = saved
     mesh = parallel.make_mesh(2, 2, 2)
-    abstract = params_io.abstract_params(CONFIG, mesh, dtype="float32")
+    abstract = parallel.abstract_params(CONFIG, mesh, dtype="float32")
     restored = params_io.restore_params(directory, abstract)
     for (path, array), want, original in zip(jax.tree_util.tree_leaves_with_path(restored),
                                              jax.tree.leaves(abstract), jax.tree.leaves(params)):
@@ -68,7 +68,7 @@ def test_errors_name_the_directory_and_parameter(saved, tmp_path):
         params_io.load_model_config(tmp_path)
 
     mesh = parallel.make_mesh(1, 1, 1, devices=jax.devices()[:1])
-    wider = params_io.abstract_params(CONFIG.replace(mlp_dim=64), mesh)
+    wider = parallel.abstract_params(CONFIG.replace(mlp_dim=64), mesh)
     with pytest.raises(params_io.ParamsIOError,
                        match=r"\['layers'\]\['mlp'\]\['down'\] has shape \(2, 48, 32\)"):
         params_io.restore_params(directory, wider)
@@ -77,10 +77,10 @@ def test_errors_name_the_directory_and_parameter(saved, tmp_path):
 def test_sharded_jax_arrays_save_and_restore_onto_another_mesh(saved, tmp_path):
     """Training saves device arrays, not host arrays: they go through orbax's jax.Array handler."""
     directory, params = saved
-    fsdp_only = params_io.abstract_params(CONFIG, parallel.make_mesh(1, 8, 1), dtype="bfloat16")
+    fsdp_only = parallel.abstract_params(CONFIG, parallel.make_mesh(1, 8, 1), dtype="bfloat16")
     on_devices = params_io.restore_params(directory, fsdp_only)
     params_io.save_params(tmp_path / "resaved", on_devices)
-    mixed = params_io.abstract_params(CONFIG, parallel.make_mesh(2, 2, 2), dtype="bfloat16")
+    mixed = parallel.abstract_params(CONFIG, parallel.make_mesh(2, 2, 2), dtype="bfloat16")
     restored = params_io.restore_params(tmp_path / "resaved", mixed)
     leaves = zip(jax.tree.leaves(params), jax.tree.leaves(restored), jax.tree.leaves(mixed))
     for original, array, want in leaves:

@@ -20,7 +20,7 @@ import pytest
 from orca_jax import parallel
 from orca_jax.config import load_config
 from orca_jax.data.tokenizer import Tokenizer
-from orca_jax.model import ModelConfig, params_io
+from orca_jax.model import ModelConfig
 from orca_jax.train import loop
 from orca_jax.train import step as train_step
 from orca_jax.train.checkpoint import Checkpointer
@@ -108,7 +108,7 @@ def train(config_path: pathlib.Path, *overrides: str, signal_at: tuple[int, int]
 def final_params(workdir: pathlib.Path):
     config = load_config(str(workdir.with_suffix(".py")))
     mesh = parallel.make_mesh(devices=jax.devices()[:1])
-    abstract = params_io.abstract_params(ModelConfig.from_config(config.model), mesh)
+    abstract = parallel.abstract_params(ModelConfig.from_config(config.model), mesh)
     checkpointer = Checkpointer(workdir / "checkpoints", keep=config.checkpoint.keep, keep_steps=[])
     try:
         return jax.device_get(checkpointer.restore_params(STAGE1_STEPS + STAGE2_STEPS, abstract))

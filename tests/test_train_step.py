@@ -7,7 +7,7 @@ import pytest
 
 from orca_jax import parallel
 from orca_jax.config import load_config
-from orca_jax.model import Llama, ModelConfig, params_io
+from orca_jax.model import Llama, ModelConfig
 from orca_jax.train import step as train_step
 from orca_jax.train.optimizer import OptimizerConfig, make_optimizer
 
@@ -46,7 +46,7 @@ class Trainer:
         self.mesh = mesh
         optimizer_config = OptimizerConfig(learning_rate=3e-3, warmup_steps=1, grad_accum_steps=grad_accum_steps)
         optimizer = make_optimizer(optimizer_config, total_steps=20)
-        params_abstract = params_io.abstract_params(model_config, mesh)
+        params_abstract = parallel.abstract_params(model_config, mesh)
         state_abstract = train_step.abstract_state(params_abstract, optimizer, mesh)
         params = train_step.init_sharded_params(model_config, jax.random.key(0), params_abstract)
         self._initial = train_step.init_state(params, optimizer, state_abstract)

@@ -19,16 +19,11 @@ import pathlib
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
-from flax import linen as nn
-from jax.sharding import Mesh
 
-from orca_jax import parallel
 from orca_jax.errors import UserError
 from orca_jax.model.config import ModelConfig
-from orca_jax.model.llama import init_params
 
 PARAMS_SUBDIR = "params"
 CONFIG_FILE = "model_config.json"
@@ -128,15 +123,3 @@ def stored_model_config(path: str | pathlib.Path) -> ModelConfig | None:
         return ModelConfig.from_config(model_block)
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
         raise ParamsIOError(f"{meta_file}: no usable model config in the checkpoint's meta ({err})") from None
-
-
-def abstract_params(model_config: ModelConfig, mesh: Mesh, dtype: str | None = None) -> Any:
-    """ShapeDtypeStructs of the model's parameters, sharded on `mesh` by the logical-axis rules.
-
-    `dtype` defaults to the config's param_dtype. Nothing is allocated.
-    """
-    boxed = jax.eval_shape(lambda: init_params(model_config, jax.random.key(0)))
-    shardings = parallel.param_shardings(mesh, boxed)
-    dtype = jnp.dtype(dtype or model_config.param_dtype)
-    return jax.tree.map(lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, dtype, sharding=sharding),
-                        nn.unbox(boxed), shardings)

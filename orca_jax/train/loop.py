@@ -28,6 +28,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
+from orca_jax import parallel
 from orca_jax.data import pipeline, shards
 from orca_jax.data.tokenizer import Tokenizer
 from orca_jax.eval.during_training import TrainingEvaluator
@@ -181,7 +182,7 @@ class Stage:
         self.model_config = run.model
         self.optimizer = make_optimizer(plan.optimizer, plan.num_steps)
         self.learning_rate = learning_rate_schedule(plan.optimizer, plan.num_steps)
-        self.params_abstract = params_io.abstract_params(self.model_config, mesh)
+        self.params_abstract = parallel.abstract_params(self.model_config, mesh)
         self.state_abstract = train_step.abstract_state(self.params_abstract, self.optimizer, mesh)
         self.steps = train_step.CompiledSteps(self.model_config, self.optimizer, plan.optimizer.grad_accum_steps,
                                               mesh, self.state_abstract)

@@ -52,7 +52,7 @@ def shardings_of(abstract_tree):
 
 
 def init_sharded_params(model_config: ModelConfig, rng: jax.Array, params_abstract):
-    """Random parameters (from `params_io.abstract_params`), created directly in their shards."""
+    """Random parameters (shapes from `parallel.abstract_params`), created directly in their shards."""
     mesh = jax.tree.leaves(params_abstract)[0].sharding.mesh
     with parallel.activate(mesh):
         return jax.jit(lambda rng: nn.unbox(llama.init_params(model_config, rng)),
