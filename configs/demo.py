@@ -80,6 +80,8 @@ def get_config() -> ConfigDict:
     })
 
     config.checkpoint = ConfigDict({"every_steps": 50, "keep": 2})
+    config.compilation_cache = True  # compiled programs under workdir/compilation_cache: restarts skip compiling
+    config.compilation_cache_dir = ""
     config.log_every_steps = 10
     config.eval_every_steps = 0  # 0: validation loss only at the start and end of each stage
     config.debug = ConfigDict({"nan_at_step": -1})  # >0 poisons that global step's batch (tests)

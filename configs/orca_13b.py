@@ -88,6 +88,10 @@ def get_config() -> ConfigDict:
     # ~1.5 s per step on the slice at ~45% MFU: a checkpoint every ~25 minutes bounds the work a
     # preemption loses; the asynchronous save hides the ~160 GB write behind training.
     config.checkpoint = ConfigDict({"every_steps": 1000, "keep": 3})
+    # A preempted slice restarts from compiled programs (minutes at 13B) kept beside the checkpoints; a
+    # gs:// compilation_cache_dir shared by all hosts serves new slices too.
+    config.compilation_cache = True
+    config.compilation_cache_dir = ""
     config.log_every_steps = 50
     config.eval_every_steps = 2000
     config.debug = ConfigDict({"nan_at_step": -1})
