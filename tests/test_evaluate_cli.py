@@ -9,8 +9,6 @@ import re
 import jax
 import numpy as np
 import pytest
-import torch
-import transformers
 
 from orca_jax import parallel
 from orca_jax.data.demo import write_demo_data
@@ -19,11 +17,12 @@ from orca_jax.eval import runner
 from orca_jax.eval.benchmarks import load_suite
 from orca_jax.eval.main import main as evaluate_main
 from orca_jax.eval.prompts import PromptBuilder
-from orca_jax.model import convert, params_io
+from orca_jax.model import params_io
 from orca_jax.train.checkpoint import Checkpointer, Position
 from orca_jax.train.step import TrainState
 
 from conftest import SHARED_BENCHMARKS
+from tiny_llama import converted_tiny_llama
 
 WINDOW = 256
 needs_shared = pytest.mark.skipif(not (SHARED_BENCHMARKS / "bbh").is_dir(), reason="no shared benchmark files")
@@ -39,16 +38,7 @@ def setup(tmp_path_factory):
     texts += ["Q: Which is right? Answer Choices: (A)one (B)two\nA: Among A through B, the answer is"] * 20
     tokenizer = Tokenizer.load(train_tokenizer(texts, root / "tok", vocab_size=500))
 
-    torch.manual_seed(0)
-    hf_config = transformers.LlamaConfig(
-        vocab_size=tokenizer.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=WINDOW, tie_word_embeddings=False)
-    model = transformers.LlamaForCausalLM(hf_config).eval()
-    with torch.no_grad():
-        for param in model.parameters():
-            param.normal_(0.0, 0.3)
-    model.save_pretrained(root / "hf")
-    assert convert.main(["import", "--hf_dir", str(root / "hf"), "--out", str(root / "params")]) == 0
+    converted_tiny_llama(root, tokenizer.vocab_size, window=WINDOW)
 
     bench = root / "benchmarks"
     (bench / "bbh").mkdir(parents=True)

@@ -8,14 +8,15 @@ import json
 import numpy as np
 import pytest
 import torch
-import transformers
 
 from orca_jax import parallel
 from orca_jax.data.tokenizer import Tokenizer, train_tokenizer
 from orca_jax.eval import loglikelihood as ll
 from orca_jax.eval.benchmarks import Example
 from orca_jax.eval.main import main as evaluate_main
-from orca_jax.model import convert, params_io
+from orca_jax.model import params_io
+
+from tiny_llama import converted_tiny_llama
 
 WINDOW = 64
 
@@ -27,16 +28,7 @@ def tiny(tmp_path_factory):
     texts = [f"Q: Is {a} more than {b}?\nOptions:\n(A) yes it is\n(B) no it is not\nA: ({'AB'[a < b]})"
              for a in range(30) for b in range(10)]
     tokenizer = Tokenizer.load(train_tokenizer(texts, root / "tok", vocab_size=320))
-    torch.manual_seed(0)
-    hf_config = transformers.LlamaConfig(
-        vocab_size=tokenizer.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=WINDOW, tie_word_embeddings=False)
-    hf_model = transformers.LlamaForCausalLM(hf_config).eval()
-    with torch.no_grad():
-        for param in hf_model.parameters():
-            param.normal_(0.0, 0.3)
-    hf_model.save_pretrained(root / "hf")
-    assert convert.main(["import", "--hf_dir", str(root / "hf"), "--out", str(root / "params")]) == 0
+    hf_model = converted_tiny_llama(root, tokenizer.vocab_size, window=WINDOW, heads=4, kv_heads=2)
     model_config = dataclasses.replace(params_io.load_model_config(root / "params"), compute_dtype="float32")
     mesh = parallel.make_mesh()
     params = params_io.restore_params(root / "params", parallel.abstract_params(model_config, mesh))

@@ -7,8 +7,6 @@ import math
 
 import numpy as np
 import pytest
-import torch
-import transformers
 from test_loglikelihood import hf_logprob
 
 from orca_jax.data.tokenizer import Tokenizer, train_tokenizer
@@ -17,9 +15,9 @@ from orca_jax.eval.benchmarks import load_suite
 from orca_jax.eval.loglikelihood import encode_pair
 from orca_jax.eval.main import main as evaluate_main
 from orca_jax.eval.scoring import score
-from orca_jax.model import convert
 
 from conftest import SHARED_BENCHMARKS
+from tiny_llama import converted_tiny_llama
 
 SHARED_FILE = SHARED_BENCHMARKS / "truthfulqa" / truthfulqa.FILE_NAME
 needs_shared = pytest.mark.skipif(not SHARED_FILE.is_file(), reason="no shared TruthfulQA file")
@@ -93,15 +91,7 @@ def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("truthfulqa")
     texts = [truthfulqa.QA_PRIMER] * 5 + [json.dumps(QUESTIONS)] * 5
     tokenizer = Tokenizer.load(train_tokenizer(texts, root / "tok", vocab_size=400))
-    torch.manual_seed(1)
-    hf_model = transformers.LlamaForCausalLM(transformers.LlamaConfig(
-        vocab_size=tokenizer.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=False)).eval()
-    with torch.no_grad():
-        for param in hf_model.parameters():
-            param.normal_(0.0, 0.2)
-    hf_model.save_pretrained(root / "hf")
-    assert convert.main(["import", "--hf_dir", str(root / "hf"), "--out", str(root / "params")]) == 0
+    hf_model = converted_tiny_llama(root, tokenizer.vocab_size, window=512, stddev=0.2, seed=1)
     bench = root / "benchmarks"
     (bench / "truthfulqa").mkdir(parents=True)
     write(bench / "truthfulqa" / truthfulqa.FILE_NAME, QUESTIONS)
