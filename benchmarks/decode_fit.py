@@ -36,8 +36,10 @@ from tpu_fit import GIB, TopologyError, fit_report, load_topology  # noqa: E402
 
 from orca_jax import parallel  # noqa: E402
 from orca_jax.config import parse_config_args  # noqa: E402
+from orca_jax.errors import UserError  # noqa: E402
 from orca_jax.eval import generate  # noqa: E402
 from orca_jax.model import ModelConfig  # noqa: E402
+from orca_jax.train.config import TrainConfig  # noqa: E402
 
 
 def compile_decode(model_config: ModelConfig, mesh, batch_size: int, prompt_width: int, max_new_tokens: int):
@@ -114,12 +116,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--mesh", default="1,1,-1", help="data,fsdp,tensor sizes (-1: the rest of the slice)")
     parser.add_argument("--out", help="append the JSON result to this file")
     args = parser.parse_args(rest)
-    model_config = ModelConfig.from_config(config.model)
     mesh_shape = tuple(int(size) for size in args.mesh.split(","))
     try:
+        model_config = TrainConfig.from_config(config, check_training=False).model
         result = measure(model_config, args.topology, mesh_shape, args.batch_size, args.prompt_width,
                          args.max_new_tokens)
-    except (TopologyError, parallel.MeshShapeError) as err:
+    except (TopologyError, UserError) as err:
         print(f"decode_fit: {err}", file=sys.stderr)
         return 2
     print(json.dumps(result), flush=True)
