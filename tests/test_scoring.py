@@ -3,7 +3,6 @@
 import json
 import pathlib
 import random
-import time
 
 import pytest
 
@@ -201,11 +200,12 @@ def test_which_part_counts(response, extracted):
     "I can't say, but " * 3_000 + "the answer is (B)", "Checking option (A) " * 5_000 + "—",
 ], ids=lambda response: f"{response[:12]!r}x{len(response)}")
 @pytest.mark.parametrize("options, gold", [(FRUIT, "(B)"), (YES_NO, "Yes"), ([], "8"), ([], "] ]"), ([], "True")])
+# A hang guard, not a speed goal: a pattern that backtracks exponentially on these inputs would run for
+# hours; the scorer's linear patterns take well under a second each on a loaded 2-core host.
+@pytest.mark.timeout(60)
 def test_never_crashes_and_stays_fast(response, options, gold):
-    started = time.perf_counter()
     verdict = score(response, options, gold)
     assert isinstance(verdict.extracted, str) and isinstance(verdict.correct, bool)
-    assert time.perf_counter() - started < 2.0
 
 
 @pytest.mark.parametrize("response, gold, correct", [
