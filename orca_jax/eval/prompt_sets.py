@@ -54,20 +54,18 @@ def _text(row: dict, field: str, path: pathlib.Path, line: int) -> str:
     return value
 
 
+def _read_jsonl_set(path: pathlib.Path, id_field: str, text_field: str, category_field: str) -> list[Prompt]:
+    return [Prompt(_id(row.get(id_field), path, line, id_field), _text(row, text_field, path, line),
+                   _text(row, category_field, path, line))
+            for line, row in read_objects(path)]
+
+
 def read_vicuna(path: pathlib.Path) -> list[Prompt]:
-    prompts = []
-    for line, row in read_objects(path):
-        prompts.append(Prompt(_id(row.get("question_id"), path, line, "question_id"), _text(row, "text", path, line),
-                              _text(row, "category", path, line)))
-    return prompts
+    return _read_jsonl_set(path, "question_id", "text", "category")
 
 
 def read_wizardlm(path: pathlib.Path) -> list[Prompt]:
-    prompts = []
-    for line, row in read_objects(path):
-        prompts.append(Prompt(_id(row.get("idx"), path, line, "idx"), _text(row, "Instruction", path, line),
-                              _text(row, "Skill", path, line)))
-    return prompts
+    return _read_jsonl_set(path, "idx", "Instruction", "Skill")
 
 
 def read_awesome(path: pathlib.Path) -> list[Prompt]:
