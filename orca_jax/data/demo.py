@@ -32,6 +32,7 @@ import pathlib
 import random
 from collections.abc import Callable
 
+from orca_jax import paths
 from orca_jax.data.construct.system_messages import PAPER_ASSIGNMENT, SYSTEM_MESSAGES, SystemMessagePicker
 
 WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
@@ -182,35 +183,36 @@ def _rows(rng: random.Random, count: int, tier: str, excluded: frozenset[tuple] 
     return rows
 
 
-def _write_jsonl(path: pathlib.Path, rows: list[dict[str, str]]) -> None:
-    with open(path, "w", encoding="utf-8") as out:
+def _write_jsonl(path: paths.AnyPath, rows: list[dict[str, str]]) -> None:
+    with path.open("w", encoding="utf-8") as out:
         for row in rows:
             out.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
 def write_demo_data(out_dir: str | pathlib.Path, seed: int = 0, stage1_rows: int = 4000, stage2_rows: int = 2000,
-                    eval_rows: int = 200) -> dict[str, pathlib.Path]:
-    """Write stage1.jsonl, stage2.jsonl and eval.jsonl into `out_dir`; the same seed gives the same bytes.
+                    eval_rows: int = 200) -> dict[str, paths.AnyPath]:
+    """Write stage1.jsonl, stage2.jsonl and eval.jsonl into `out_dir` (local or gs://); the same seed gives
+    the same bytes.
 
     Returns {'stage1': path, 'stage2': path, 'eval': path}.
     """
-    out_dir = pathlib.Path(out_dir)
+    out_dir = paths.path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     # One random stream per file: resizing one training file leaves the other's rows unchanged.
     eval_problems = _rows(random.Random(f"orca-demo-{seed}-eval"), eval_rows, "eval", distinct=True)
     held_out = frozenset(problem.instance for _, _, problem in eval_problems)
-    paths = {name: out_dir / f"{name}.jsonl" for name in ("stage1", "stage2", "eval")}
+    files = {name: out_dir / f"{name}.jsonl" for name in ("stage1", "stage2", "eval")}
     for tier, count, explain in (("stage1", stage1_rows, lambda p: p.terse),
                                  ("stage2", stage2_rows, lambda p: p.step_by_step)):
         rows = _rows(random.Random(f"orca-demo-{seed}-{tier}"), count, tier, excluded=held_out)
-        _write_jsonl(paths[tier], [
+        _write_jsonl(files[tier], [
             {"id": row_id, "system_prompt": system_prompt, "question": problem.question,
              "response": f"{explain(problem)}\nAnswer: {problem.answer}"}
             for row_id, system_prompt, problem in rows])
-    _write_jsonl(paths["eval"], [
+    _write_jsonl(files["eval"], [
         {"id": row_id, "system_prompt": system_prompt, "question": problem.question, "answer": problem.answer}
         for row_id, system_prompt, problem in eval_problems])
-    return paths
+    return files
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -221,8 +223,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stage2_rows", type=int, default=2000, help="rows of step-by-step (GPT-4-like) explanations")
     parser.add_argument("--eval_rows", type=int, default=200, help="held-out questions with gold answers")
     args = parser.parse_args(argv)
-    paths = write_demo_data(args.out, seed=args.seed, stage1_rows=args.stage1_rows,
+    files = write_demo_data(args.out, seed=args.seed, stage1_rows=args.stage1_rows,
                             stage2_rows=args.stage2_rows, eval_rows=args.eval_rows)
-    for name, path in paths.items():
+    for name, path in files.items():
         print(f"{name}: {path}")
     return 0

@@ -3,11 +3,13 @@ JSONL reader every layer uses (teacher data, benchmark files, metrics, the demo)
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
-import pathlib
+import os
 from collections.abc import Iterator
 
+from orca_jax import paths
 from orca_jax.errors import UserError
 
 
@@ -15,10 +17,17 @@ class RecordFormatError(UserError):
     """Input that cannot be used; the message names the file, the row and the field."""
 
 
-def read_objects(path: pathlib.Path) -> Iterator[tuple[int, dict]]:
-    """Yield (line number, object) for each non-blank line."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as lines:
+def _lines(path: paths.AnyPath, stack: contextlib.ExitStack):
+    if path.suffix != ".gz":
+        return stack.enter_context(path.open("r", encoding="utf-8"))
+    return stack.enter_context(gzip.open(stack.enter_context(path.open("rb")), "rt", encoding="utf-8"))
+
+
+def read_objects(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
+    """Yield (line number, object) for each non-blank line of a local or gs:// file."""
+    path = paths.path(path)
+    with contextlib.ExitStack() as stack:
+        lines = _lines(path, stack)
         for line_number, line in enumerate(lines, start=1):
             if not line.strip():
                 continue
@@ -31,7 +40,7 @@ def read_objects(path: pathlib.Path) -> Iterator[tuple[int, dict]]:
             yield line_number, row
 
 
-def require_strings(path: pathlib.Path, line_number: int, row: dict, fields) -> None:
+def require_strings(path: paths.AnyPath, line_number: int, row: dict, fields) -> None:
     for field in fields:
         value = row.get(field)
         if not isinstance(value, str):

@@ -8,7 +8,8 @@ prompt template the training run will use (too-long examples are bad rows), and 
 and a held-out validation split. The report (records in, written per split, skipped per reason,
 prompt/response tokens and FLAN sub-collections per split) is printed and saved as
 `prepare_report.json` inside the dataset directory. Bad data ends the command with a one-line error
-naming file, row and field, and no dataset directory.
+naming file, row and field, and no dataset directory. `--output` may be gs://bucket/...: the shards are
+built locally and copied up (data/shards.py); the bucket is probed for writing before any reading.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from collections.abc import Iterable, Iterator, Sequence
 import tensorflow_datasets as tfds
 import tqdm
 
+from orca_jax import paths
 from orca_jax.data import records as records_lib
 from orca_jax.data import shards, templates
 from orca_jax.data.tokenizer import Tokenizer
@@ -87,6 +89,8 @@ def prepare(inputs: Sequence[str], output: str | pathlib.Path, *, tokenizer: Tok
     templates.get_template(template)  # an unknown template fails before any reading
     if seq_len < 1:
         raise records_lib.DataError(f"seq_len {seq_len} must be >= 1")
+    if paths.is_url(output):  # a missing bucket fails now, not after the whole input was read
+        paths.check_writable(paths.path(output).parent, "the output's parent")
     settings = {"inputs": [str(path) for path in inputs], "output": str(output), "tokenizer": str(tokenizer.path),
                 "template": template, "seq_len": seq_len, "validation": validation, "num_shards": num_shards,
                 "bad_rows": bad_rows, "seed": seed, "column_map": dict(column_map or {})}
@@ -172,5 +176,5 @@ def main(argv: list[str] | None = None) -> int:
         print(f"orca-jax prepare-data: interrupted; {args.output} was not created", file=sys.stderr)
         return 130
     print(json.dumps(report, indent=2))
-    print(f"report saved to {pathlib.Path(args.output) / REPORT_NAME}")
+    print(f"report saved to {paths.path(args.output) / REPORT_NAME}")
     return 0

@@ -13,6 +13,7 @@ validation, so invalid UTF-8 is reported as such instead of failing deep inside 
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import gzip
 import itertools
@@ -24,6 +25,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from orca_jax import paths
 from orca_jax.errors import UserError
 
 Record = dict[str, str]
@@ -102,7 +104,8 @@ def read_parquet(path: str | pathlib.Path, column_map: Mapping[str, str] | None 
     error for the whole file, whatever the policy: every row would be bad for the same reason."""
     columns = _source_columns(column_map)
     try:
-        parquet_file = pq.ParquetFile(path)
+        # A bucket's file is read through orca_jax.paths (pyarrow's own GCS client would need its own setup).
+        parquet_file = pq.ParquetFile(paths.path(path).open("rb") if paths.is_url(path) else path)
         present = set(parquet_file.schema_arrow.names)
         missing = [f"{field} (column {column!r})" for field, column in columns.items() if column not in present]
         if missing:
@@ -129,11 +132,12 @@ def read_jsonl(path: str | pathlib.Path, column_map: Mapping[str, str] | None = 
     """Rows of a JSON-lines file, gzip'd or not (told apart by content, not name). Blank lines are
     not rows."""
     columns = _source_columns(column_map)
-    with open(path, "rb") as probe:
+    source = paths.path(path)
+    with source.open("rb") as probe:
         gzipped = probe.read(2) == b"\x1f\x8b"
     line_number = 0
     try:
-        with (gzip.open(path, "rb") if gzipped else open(path, "rb")) as lines:
+        with source.open("rb") as raw, (gzip.open(raw, "rb") if gzipped else contextlib.nullcontext(raw)) as lines:
             for line_number, line in enumerate(lines, start=1):
                 if line.strip():
                     yield _jsonl_row(str(path), line_number, line, columns)
@@ -152,15 +156,15 @@ def _jsonl_row(source: str, line_number: int, line: bytes, columns: Mapping[str,
                                                    if column in row})
 
 
-def read_files(paths: Sequence[str | pathlib.Path],
+def read_files(files: Sequence[str | pathlib.Path],
                column_map: Mapping[str, str] | None = None) -> Iterator[SourceRow]:
-    """Rows of each file in turn; `.parquet` files by pyarrow, anything else as JSONL(.gz). A bad column
-    map or a missing file fails before any row is read."""
+    """Rows of each file (local or gs://) in turn; `.parquet` files by pyarrow, anything else as
+    JSONL(.gz). A bad column map or a missing file fails before any row is read."""
     _source_columns(column_map)
-    for path in paths:
-        if not pathlib.Path(path).is_file():
+    for path in files:
+        if not paths.path(path).is_file():
             raise DataError(f"input file {path} does not exist")
-    for path in paths:
+    for path in files:
         reader = read_parquet if str(path).endswith(".parquet") else read_jsonl
         yield from reader(path, column_map)
 

@@ -13,7 +13,9 @@ access and without TensorFlow. Choices made here:
 - The input is streamed once: train records go to the writer as they arrive; held-out records wait in
   memory (a small fraction) until the train split is done.
 - The build happens in a hidden temporary directory next to the output and is renamed into place only
-  when complete, so an interrupted build leaves nothing that looks like a dataset.
+  when complete, so an interrupted build leaves nothing that looks like a dataset. An output in a
+  bucket (gs://) is built in a local temporary directory (the ArrayRecord writer writes local files
+  only) and copied up with dataset_info.json last: a dataset is finished once that file is there.
 """
 
 from __future__ import annotations
@@ -28,10 +30,12 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import tensorflow_datasets as tfds
 
+from orca_jax import paths
 from orca_jax.data.records import FIELDS, DataError, Record
 
 TRAIN = "train"
 VALIDATION = "validation"
+INFO_FILE = "dataset_info.json"  # a directory without it is not a finished dataset
 
 _HASH_RANGE = 1 << 64
 
@@ -162,11 +166,14 @@ def build_dataset(records: Iterable[Record], output_dir: str | os.PathLike, *, n
     check_validation_size(validation)
     if num_shards < 1:
         raise DataError(f"num_shards {num_shards} must be >= 1")
-    output = pathlib.Path(output_dir)
+    output = paths.path(output_dir)
     if output.exists():
-        raise DataError(f"output {output} already exists; remove it or choose another directory")
+        unfinished = "" if (output / INFO_FILE).is_file() else " (unfinished: no dataset_info.json)"
+        raise DataError(f"output {output} already exists{unfinished}; remove it or choose another directory")
+    remote = paths.is_url(output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    work_dir = pathlib.Path(tempfile.mkdtemp(prefix=f".{output.name}.incomplete-", dir=output.parent))
+    work_dir = pathlib.Path(tempfile.mkdtemp(prefix=f".{output.name}.incomplete-",
+                                             dir=None if remote else output.parent))
     try:
         router = _SplitRouter(records, validation, seed, num_shards, on_write)
         builder = OrcaRecords(router=router, data_dir=work_dir, file_format="array_record")
@@ -175,7 +182,10 @@ def build_dataset(records: Iterable[Record], output_dir: str | os.PathLike, *, n
             download_config=tfds.download.DownloadConfig(num_shards=num_shards, try_download_gcs=False))
         if add_files is not None:
             add_files(pathlib.Path(builder.data_dir))
-        os.rename(builder.data_dir, output)
+        if remote:
+            paths.copy_tree(builder.data_dir, output, last=(INFO_FILE,))
+        else:
+            os.rename(builder.data_dir, output)
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
     return dict(router.counts)
@@ -188,7 +198,7 @@ class SplitSource:
     ordered by a hash of their id.
     """
 
-    def __init__(self, data_source: Sequence, dataset_dir: pathlib.Path, split: str):
+    def __init__(self, data_source: Sequence, dataset_dir: paths.AnyPath, split: str):
         self._data_source = data_source
         self.dataset_dir = dataset_dir
         self.split = split
@@ -217,9 +227,10 @@ def _decoded(example: dict[str, bytes]) -> Record:
 
 
 def open_split(dataset_dir: str | os.PathLike, split: str) -> SplitSource:
-    """The records of `split` ('train' or 'validation') of a dataset written by `build_dataset`."""
-    dataset_dir = pathlib.Path(dataset_dir)
-    if not (dataset_dir / "dataset_info.json").is_file():
+    """The records of `split` ('train' or 'validation') of a dataset written by `build_dataset`, local
+    or gs:// (TFDS and the ArrayRecord reader under it read a bucket directly)."""
+    dataset_dir = paths.path(dataset_dir)
+    if not (dataset_dir / INFO_FILE).is_file():
         raise DataError(f"{dataset_dir} is not a finished dataset (no dataset_info.json)")
     builder = tfds.builder_from_directory(dataset_dir)
     if split not in builder.info.splits:

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import os
 import pathlib
+import tempfile
 from collections.abc import Iterable, Sequence
 
 import sentencepiece as spm
 
+from orca_jax import paths
 from orca_jax.errors import UserError
 
 
@@ -28,7 +30,7 @@ class Tokenizer:
 
     def __init__(self, processor: spm.SentencePieceProcessor, path: str | os.PathLike | None = None):
         self._sp = processor
-        self.path = None if path is None else pathlib.Path(path)
+        self.path = None if path is None else paths.path(path)
         self.num_pieces: int = processor.get_piece_size()
         self.pad_id: int = self.num_pieces
         self.vocab_size: int = self.num_pieces + 1
@@ -41,13 +43,14 @@ class Tokenizer:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Tokenizer:
-        """Load a sentencepiece `.model` file (LLaMA's `tokenizer.model` for real runs)."""
-        path = pathlib.Path(path)
+        """Load a sentencepiece `.model` file (LLaMA's `tokenizer.model` for real runs), local or gs://
+        (sentencepiece opens local files only, so the model's bytes are read here)."""
+        path = paths.path(path)
         if not path.is_file():
             raise TokenizerError(f"tokenizer model {path} does not exist")
         processor = spm.SentencePieceProcessor()
         try:
-            processor.Load(str(path))
+            processor.LoadFromSerializedProto(path.read_bytes())
         except (OSError, RuntimeError) as err:
             raise TokenizerError(
                 f"tokenizer model {path} is not a readable sentencepiece model: {err}") from None
@@ -78,14 +81,25 @@ class Tokenizer:
 
 
 def train_tokenizer(texts: Iterable[str], out_prefix: str | os.PathLike, vocab_size: int, *,
-                    max_lines: int = 200_000, num_threads: int = 2) -> pathlib.Path:
+                    max_lines: int = 200_000, num_threads: int = 2) -> paths.AnyPath:
     """Train a small LLaMA-like BPE sentencepiece model on `texts`; returns the `.model` path.
 
     Meant for tests and the demo (a few hundred KB of text trains in about a second). Like LLaMA's
     model: unk=0, bos=1, eos=2, no pad piece (Tokenizer adds it), byte fallback so any text encodes,
     digits split, and whitespace kept verbatim (identity normalization) so decode(encode(t)) == t.
     `vocab_size` counts sentencepiece pieces only; the Tokenizer's vocab_size is one more.
+    `out_prefix` may be gs://...: sentencepiece writes local files, so the model is trained in a
+    temporary directory and copied up.
     """
+    if paths.is_url(out_prefix):
+        target = paths.path(out_prefix)
+        with tempfile.TemporaryDirectory(prefix="orca-jax-tokenizer-") as local:
+            trained = train_tokenizer(texts, pathlib.Path(local) / target.name, vocab_size, max_lines=max_lines,
+                                      num_threads=num_threads)
+            model = target.with_name(trained.name)
+            model.write_bytes(trained.read_bytes())
+            target.with_name(target.name + ".vocab").write_bytes(trained.with_suffix(".vocab").read_bytes())
+        return model
     out_prefix = pathlib.Path(out_prefix)
     out_prefix.parent.mkdir(parents=True, exist_ok=True)
     # sentencepiece trains on lines and skips long ones; newlines are byte pieces anyway.

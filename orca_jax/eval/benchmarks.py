@@ -24,6 +24,7 @@ import pathlib
 import string
 from collections.abc import Sequence
 
+from orca_jax import paths
 from orca_jax.data.jsonl import RecordFormatError, read_objects, require_strings
 from orca_jax.errors import UserError
 
@@ -94,7 +95,7 @@ def bbh_options(text: str) -> list[str]:
 
 def task_paths(directory: str | pathlib.Path, suffix: str, tasks: Sequence[str] | None) -> list[pathlib.Path]:
     """The files of `tasks` (all tasks, sorted, when None) in `directory`, in the order asked."""
-    directory = pathlib.Path(directory)
+    directory = paths.path(directory)
     if not directory.is_dir():
         raise UserError(f"benchmark directory {directory} does not exist")
     available = {path.name[:-len(suffix)]: path for path in directory.glob(f"*{suffix}")}
@@ -158,7 +159,7 @@ def read_demo(path: str | pathlib.Path) -> list[Example]:
 
     The index of an example counts the rows of its task, so ids read `collection.task.<n>`.
     """
-    path = pathlib.Path(path)
+    path = paths.path(path)
     if not path.is_file():
         raise UserError(f"demo eval file {path} does not exist (write it with orca-jax make-demo-data)")
     examples, per_task = [], {}
@@ -219,7 +220,7 @@ def load_suite(suite: str, *, benchmarks_dir: str | pathlib.Path | None = None,
         else:
             if benchmarks_dir is None:
                 raise UserError(f"suite {suite!r} needs --benchmarks_dir (the folder holding bbh/ and agieval/)")
-            directory = pathlib.Path(benchmarks_dir) / benchmark
+            directory = paths.path(benchmarks_dir) / benchmark
         examples += read_benchmark(benchmark, directory, chosen)
     if tasks is not None:
         missing = sorted(set(tasks) - {example.task for example in examples})

@@ -16,7 +16,7 @@ import pathlib
 
 from jax.sharding import Mesh
 
-from orca_jax import parallel
+from orca_jax import parallel, paths
 from orca_jax.errors import UserError
 from orca_jax.eval import generate
 from orca_jax.model import params_io
@@ -34,7 +34,7 @@ def model_fields_overridden(argv: list[str]) -> list[str]:
 
 
 def require_params_dir(path: str | pathlib.Path) -> None:
-    params_dir = pathlib.Path(path) / params_io.PARAMS_SUBDIR
+    params_dir = paths.path(path) / params_io.PARAMS_SUBDIR
     if not params_dir.is_dir():
         raise params_io.ParamsIOError(f"{params_dir} does not exist: --params is not a params directory "
                                       "or checkpoint step")

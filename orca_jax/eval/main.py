@@ -41,7 +41,7 @@ import sys
 
 import jax
 
-from orca_jax import parallel
+from orca_jax import parallel, paths
 from orca_jax.config import default_config, parse_config_args
 from orca_jax.data.jsonl import RecordFormatError, read_objects
 from orca_jax.data.templates import get_template
@@ -229,7 +229,7 @@ def evaluate_loglikelihood(run: TrainConfig, flags, model_config: ModelConfig, t
                                           progress=not flags.no_progress, **scoring)
     wanted = {example.index for example in examples if example.benchmark == "truthfulqa"}
     if wanted:
-        path = pathlib.Path(flags.benchmarks_dir) / "truthfulqa" / truthfulqa.FILE_NAME
+        path = paths.path(flags.benchmarks_dir) / "truthfulqa" / truthfulqa.FILE_NAME
         questions = [q for q in truthfulqa.read_mc_task(path) if q.index in wanted]
         rows += truthfulqa.evaluate_mc(params, model_config, tokenizer, questions, **scoring)
     return finish(rows, provenance)
@@ -237,7 +237,7 @@ def evaluate_loglikelihood(run: TrainConfig, flags, model_config: ModelConfig, t
 
 def read_responses(path: str | pathlib.Path) -> list[dict]:
     """A responses JSONL: each row needs RESPONSE_FIELDS ('options' a list of strings); others are kept."""
-    path = pathlib.Path(path)
+    path = paths.path(path)
     if not path.is_file():
         raise UserError(f"responses file {path} does not exist")
     rows = []
@@ -276,20 +276,23 @@ def rescore(flags) -> tuple[dict, list[dict]]:
 
 
 def write_jsonl(path: str | pathlib.Path, rows: list[dict]) -> None:
-    """Write to a temporary name, then rename: a kill never leaves a half-written results file."""
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    with open(partial, "w", encoding="utf-8") as out:
-        for row in rows:
-            out.write(json.dumps(row, ensure_ascii=False) + "\n")
-    partial.replace(path)
+    """Write whole or not at all (paths.write_atomic): a kill never leaves a half-written results file."""
+    paths.write_atomic(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+
+
+def check_outputs_writable(flags) -> None:
+    """--output, --report and --journal in a bucket: probe before evaluating, not after."""
+    for flag in ("output", "report", "journal"):
+        value = getattr(flags, flag, None)
+        if value and paths.is_url(value):
+            paths.check_writable(paths.path(value).parent, f"--{flag}'s directory")
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         run, model_fields, flags = parse_args(argv)
+        check_outputs_writable(flags)
         if flags.list:
             print(list_suite(load_examples(run, flags), flags.suite))
             return 0
@@ -307,8 +310,8 @@ def main(argv: list[str] | None = None) -> int:
         if flags.output:
             write_jsonl(flags.output, rows)
         if flags.report:
-            pathlib.Path(flags.report).write_text(json.dumps(report, indent=2) + "\n")
+            paths.path(flags.report).write_text(json.dumps(report, indent=2) + "\n")
         journal = flags.journal or (f"{flags.output}.journal" if flags.output else None)
         if journal and not flags.rescore and flags.output:
-            pathlib.Path(journal).unlink(missing_ok=True)  # the output now holds every row
+            paths.path(journal).unlink(missing_ok=True)  # the output now holds every row
     return 0

@@ -12,7 +12,6 @@ process 0 writes.
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 from collections.abc import Callable, Mapping, Sequence
 
@@ -20,7 +19,7 @@ import jax
 import tqdm
 from jax.sharding import Mesh
 
-from orca_jax import parallel
+from orca_jax import parallel, paths
 from orca_jax.data.tokenizer import Tokenizer
 from orca_jax.errors import UserError
 from orca_jax.eval import scoring
@@ -41,10 +40,10 @@ def score_row(row: Mapping) -> dict:
 
 
 class Journal:
-    """Finished tasks' rows on disk, under a header of the settings that produced them."""
+    """Finished tasks' rows on disk (or in a bucket), under a header of the settings that produced them."""
 
     def __init__(self, path: str | pathlib.Path, settings: Mapping):
-        self.path = pathlib.Path(path)
+        self.path = paths.path(path)
         self.settings = json.loads(json.dumps(settings))  # as it reads back from JSON
         self.done: dict[str, list[dict]] = {}
         if self.path.is_file():
@@ -82,16 +81,11 @@ class Journal:
         self.done[task] = list(rows)
         if jax.process_index() != 0:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        new_file = not self.path.is_file() or self.path.stat().st_size == 0
-        with open(self.path, "a", encoding="utf-8") as out:
-            if new_file:
-                out.write(json.dumps({"settings": self.settings}) + "\n")
-            for row in rows:
-                out.write(json.dumps(row, ensure_ascii=False) + "\n")
-            out.write(json.dumps({"task": task, "_task_done": True}) + "\n")
-            out.flush()
-            os.fsync(out.fileno())
+        new_file = not self.path.is_file() or paths.size(self.path) == 0
+        lines = [json.dumps({"settings": self.settings})] if new_file else []
+        lines += [json.dumps(row, ensure_ascii=False) for row in rows]
+        lines.append(json.dumps({"task": task, "_task_done": True}))
+        paths.append_text(self.path, "".join(line + "\n" for line in lines))
 
 
 def evaluate_examples(params, model_config: ModelConfig, tokenizer: Tokenizer, builder: PromptBuilder,

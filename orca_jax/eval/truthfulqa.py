@@ -36,6 +36,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from orca_jax import paths
 from orca_jax.errors import UserError
 from orca_jax.eval import report as report_lib
 from orca_jax.eval.benchmarks import Example
@@ -91,7 +92,7 @@ def _targets(path: pathlib.Path, index: int, row: Mapping, field: str) -> tuple[
 
 def read_mc_task(path: str | pathlib.Path) -> list[Question]:
     """Every question of a TruthfulQA mc_task.json, checked (module docstring)."""
-    path = pathlib.Path(path)
+    path = paths.path(path)
     if not path.is_file():
         raise UserError(f"TruthfulQA file {path} does not exist (want the authors' data/{FILE_NAME})")
     try:
@@ -173,7 +174,7 @@ def lettered_examples(questions: Sequence[Question]) -> list[Example]:
 
 def read_lettered(directory: str | pathlib.Path) -> list[Example]:
     """`benchmarks.read_benchmark`'s reader: <directory>/mc_task.json as lettered examples."""
-    return lettered_examples(read_mc_task(pathlib.Path(directory) / FILE_NAME))
+    return lettered_examples(read_mc_task(paths.path(directory) / FILE_NAME))
 
 
 def build_report(rows: Sequence[Mapping], provenance: Mapping | None = None) -> dict:

@@ -8,7 +8,8 @@ A params directory holds
 It is what `orca-jax convert-weights import` writes and what training starts from. Arrays are stored
 in whatever dtype they were saved in (a converted LLaMA keeps its bfloat16) and without any sharding,
 so one host can write a checkpoint that any mesh restores: `restore_params` lays each array out as the
-abstract tree asks, casting dtype on the way.
+abstract tree asks, casting dtype on the way. The directory may be gs://... (orbax writes and reads
+buckets itself; model_config.json goes through orca_jax.paths).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from orca_jax import paths
 from orca_jax.errors import UserError
 from orca_jax.model.config import ModelConfig
 
@@ -38,7 +40,7 @@ def save_params(path: str | pathlib.Path, params: Any, model_config: ModelConfig
 
     Saving is synchronous: the caller may free or reuse the arrays as soon as this returns.
     """
-    path = pathlib.Path(path).absolute()
+    path = paths.absolute(path)
     check_not_saved(path)
     path.mkdir(parents=True, exist_ok=True)
     with ocp.Checkpointer(_saving_handler()) as checkpointer:
@@ -49,7 +51,7 @@ def save_params(path: str | pathlib.Path, params: Any, model_config: ModelConfig
 
 def check_not_saved(path: str | pathlib.Path) -> None:
     """Raise ParamsIOError if `path` already holds params (checked early by long conversions too)."""
-    params_dir = pathlib.Path(path).absolute() / PARAMS_SUBDIR
+    params_dir = paths.absolute(path) / PARAMS_SUBDIR
     if params_dir.exists():
         raise ParamsIOError(f"{params_dir} already exists; choose a new output directory")
 
@@ -72,7 +74,7 @@ def restore_params(path: str | pathlib.Path, abstract_params: Any = None) -> Any
     each array is restored directly into that sharding and cast to that dtype. Without it, the arrays
     come back as host NumPy arrays in their saved dtype.
     """
-    params_dir = pathlib.Path(path).absolute() / PARAMS_SUBDIR
+    params_dir = paths.absolute(path) / PARAMS_SUBDIR
     if not params_dir.is_dir():
         raise ParamsIOError(f"{params_dir} does not exist: not a params directory written by save_params")
     with ocp.Checkpointer(ocp.StandardCheckpointHandler()) as checkpointer:
@@ -81,7 +83,7 @@ def restore_params(path: str | pathlib.Path, abstract_params: Any = None) -> Any
         return checkpointer.restore(params_dir, args=ocp.args.StandardRestore(abstract_params))
 
 
-def _check_matches(params_dir: pathlib.Path, saved_tree: Any, abstract_params: Any) -> None:
+def _check_matches(params_dir: paths.AnyPath, saved_tree: Any, abstract_params: Any) -> None:
     """Name the first parameter whose path or shape differs, before orbax fails less legibly."""
     saved = {jax.tree_util.keystr(key): leaf.shape
              for key, leaf in jax.tree_util.tree_leaves_with_path(saved_tree)}
@@ -99,7 +101,7 @@ def _check_matches(params_dir: pathlib.Path, saved_tree: Any, abstract_params: A
 
 def load_model_config(path: str | pathlib.Path) -> ModelConfig:
     """The ModelConfig stored beside the params under `path`."""
-    config_file = pathlib.Path(path) / CONFIG_FILE
+    config_file = paths.path(path) / CONFIG_FILE
     if not config_file.is_file():
         raise ParamsIOError(f"{config_file} does not exist: the params directory has no model config")
     try:
@@ -112,7 +114,7 @@ def stored_model_config(path: str | pathlib.Path) -> ModelConfig | None:
     """The ModelConfig a params directory records: its model_config.json, or, for a training
     checkpoint's step directory, the `model` block of the config in its `meta` item (orbax writes a
     JSON item as `meta/metadata`). None when it records neither."""
-    path = pathlib.Path(path)
+    path = paths.path(path)
     if (path / CONFIG_FILE).is_file():
         return load_model_config(path)
     meta_file = path / "meta" / "metadata"

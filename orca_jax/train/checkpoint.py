@@ -31,7 +31,8 @@ A step can still become unreadable afterwards (a disk or bucket losing or trunca
 cut short). `unreadable(step)` checks the JSON files and commit markers without reading any arrays;
 a failing array read shows up at restore time as an error `unreadable_error` recognises. Either way
 the loop moves the step aside (`move_aside`: renamed `<step>.corrupt-<time>`, never deleted; orbax
-ignores such names) and resumes from the newest readable step.
+ignores such names; in a bucket, where there is no rename, copied object by object and then deleted)
+and resumes from the newest readable step. The directory may be gs://... (orbax writes buckets itself).
 """
 
 from __future__ import annotations
@@ -39,7 +40,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import pathlib
 import re
 import sys
 import time
@@ -51,6 +51,7 @@ import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers
 
+from orca_jax import paths
 from orca_jax.train.step import TrainState
 
 ITEMS = ("params", "opt_state", "data", "meta")
@@ -112,7 +113,7 @@ class UnreadableCheckpoint(Exception):
         self.step, self.file, self.reason = step, file, reason
 
 
-def unreadable_error(step: int, step_dir: pathlib.Path, error: BaseException) -> UnreadableCheckpoint | None:
+def unreadable_error(step: int, step_dir: paths.AnyPath, error: BaseException) -> UnreadableCheckpoint | None:
     """`error` (raised while restoring `step`) as an UnreadableCheckpoint naming the file, or None when it
     is not a missing or damaged file (a restore that does not fit the target must not move anything)."""
     message = str(error)
@@ -123,9 +124,9 @@ def unreadable_error(step: int, step_dir: pathlib.Path, error: BaseException) ->
         return None
     # The most specific path inside the step that the message names (the data file rather than its
     # database directory); orbax's own FileNotFoundError says "File <path> not found."
-    paths = [pathlib.Path(match) for match in _QUOTED_PATH.findall(message)]
-    paths += [pathlib.Path(match) for match in re.findall(r"File (\S+) not found", message)]
-    inside = [path for path in paths if str(path).startswith(str(step_dir) + "/")]
+    named = [paths.path(match) for match in _QUOTED_PATH.findall(message)]
+    named += [paths.path(match) for match in re.findall(r"File (\S+) not found", message)]
+    inside = [path for path in named if str(path).startswith(str(step_dir) + "/")]
     files = [path for path in inside if not path.is_dir()] or inside
     file = str(max(files, key=lambda path: len(str(path))).relative_to(step_dir)) if files else "an array file"
     reason = "missing" if isinstance(error, FileNotFoundError) or code == "NOT_FOUND" else f"{code}, truncated?"
@@ -151,10 +152,10 @@ class Checkpointer:
     next stage starts from and which stays for evaluation).
     """
 
-    def __init__(self, directory: str | pathlib.Path, keep: int, keep_steps: Sequence[int]):
+    def __init__(self, directory: str | paths.AnyPath, keep: int, keep_steps: Sequence[int]):
         if keep < 1:
             raise ValueError(f"checkpoint.keep must be at least 1, got {keep}")
-        self.directory = pathlib.Path(directory).absolute()
+        self.directory = paths.absolute(directory)
         preservation = checkpoint_managers.AnyPreservationPolicy([
             checkpoint_managers.LatestN(keep),
             checkpoint_managers.CustomSteps(list(keep_steps)),
@@ -167,7 +168,7 @@ class Checkpointer:
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
 
-    def step_dir(self, step: int) -> pathlib.Path:
+    def step_dir(self, step: int) -> paths.AnyPath:
         return self.directory / str(step)
 
     def unreadable(self, step: int) -> UnreadableCheckpoint | None:
@@ -209,9 +210,10 @@ class Checkpointer:
                 return problem(f"{item}/manifest.ocdbt", "missing")
         return None
 
-    def move_aside(self, step: int) -> pathlib.Path:
+    def move_aside(self, step: int) -> paths.AnyPath:
         """Rename `step` to `<step>.corrupt-<UTC time>` beside it (kept for inspection, ignored by orbax)
-        and forget it; returns the new path. Only process 0 renames; every process then rereads."""
+        and forget it; returns the new path. Only process 0 renames (paths.move_tree: copy and delete in
+        a bucket); every process then rereads."""
         self._manager.wait_until_finished()
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         target = self.directory / f"{step}.corrupt-{stamp}"
@@ -219,7 +221,7 @@ class Checkpointer:
         while target.exists():
             target, suffix = self.directory / f"{step}.corrupt-{stamp}-{suffix}", suffix + 1
         if jax.process_index() == 0:
-            self.step_dir(step).rename(target)
+            paths.move_tree(self.step_dir(step), target)
         if jax.process_count() > 1:
             multihost_utils.sync_global_devices(f"orca_jax checkpoint {step} moved aside")
         self._manager.reload()

@@ -12,12 +12,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import pathlib
 from collections.abc import Mapping
 from typing import Any
 
 from jax.sharding import Mesh
 
+from orca_jax import paths
 from orca_jax.config import ConfigError, typed_block
 from orca_jax.data.config import DataConfig
 from orca_jax.data.tokenizer import Tokenizer
@@ -100,7 +100,8 @@ class TrainConfig:
 
     model: ModelConfig
     workdir: str = ""
-    """checkpoints/, metrics.jsonl, tensorboard/, stage_lengths.json."""
+    """checkpoints/, metrics.jsonl, tensorboard/, stage_lengths.json; a local path or gs://bucket/...
+    (every path of a config may be either: orca_jax/paths.py)."""
     seed: int = 0
     """Random init of stage k uses fold_in(key(seed), k); the data order of stage k uses seed + k."""
     mesh: MeshConfig = MeshConfig()
@@ -194,13 +195,13 @@ class TrainConfig:
         if self.eval.enabled:
             field = "eval_path" if self.eval.suite == "demo" else "benchmarks_dir"
             path = getattr(self.eval, field)
-            if not path or not pathlib.Path(path).exists():
+            if not path or not paths.path(path).exists():
                 raise ConfigError(f"eval.{field}={path!r} does not exist (eval.suite={self.eval.suite!r})")
         for stage in self.stages:
-            if stage.init not in (INIT_RANDOM, INIT_PREVIOUS) and not pathlib.Path(stage.init).is_dir():
+            if stage.init not in (INIT_RANDOM, INIT_PREVIOUS) and not paths.path(stage.init).is_dir():
                 raise StageConfigError(f"stages.{stage.name}.init={stage.init!r} is neither 'random', 'previous' "
                                        "nor an existing params directory")
-            if not (pathlib.Path(stage.dataset_dir) / "dataset_info.json").is_file():
+            if not (paths.path(stage.dataset_dir) / "dataset_info.json").is_file():
                 raise StageConfigError(f"stages.{stage.name}.dataset_dir={stage.dataset_dir!r} is not a built dataset")
 
 

@@ -4,14 +4,15 @@
 synthetic two-teacher data, trains a small tokenizer on it and builds the TFDS shards, each only when
 missing, so a rerun resumes instead of rebuilding. After training, the report reads back what the loop
 logged: each stage's first and last losses, and the held-out accuracy the `eval` block measured
-before training and at each stage's end.
+before training and at each stage's end. Every one of these paths may be gs:// (orca_jax.paths): the
+tokenizer and the shards are built locally and copied up.
 """
 
 from __future__ import annotations
 
 import json
-import pathlib
 
+from orca_jax import paths
 from orca_jax.data import prepare
 from orca_jax.data.demo import write_demo_data
 from orca_jax.data.jsonl import read_objects
@@ -26,27 +27,27 @@ DEMO_FILES = ("stage1", "stage2", "eval")
 
 def prepare_demo(run: TrainConfig) -> None:
     """Write what the demo trains on, skipping every part that already exists."""
-    demo, data_dir = run.demo, pathlib.Path(run.demo.data_dir)
-    paths = {name: data_dir / f"{name}.jsonl" for name in DEMO_FILES}
-    if not all(path.is_file() for path in paths.values()):
+    demo, data_dir = run.demo, paths.path(run.demo.data_dir)
+    files = {name: data_dir / f"{name}.jsonl" for name in DEMO_FILES}
+    if not all(path.is_file() for path in files.values()):
         write_demo_data(data_dir, seed=demo.data_seed, stage1_rows=demo.stage1_rows,
                         stage2_rows=demo.stage2_rows, eval_rows=demo.eval_rows)
-    tokenizer_path = pathlib.Path(run.data.tokenizer)
+    tokenizer_path = paths.path(run.data.tokenizer)
     if not tokenizer_path.is_file():
         texts = (f"{row['system_prompt']}\n{row['question']}\n{row['response']}"
-                 for name in ("stage1", "stage2") for _, row in read_objects(paths[name]))
+                 for name in ("stage1", "stage2") for _, row in read_objects(files[name]))
         train_tokenizer(texts, tokenizer_path.with_suffix(""), demo.tokenizer_pieces)
     tokenizer = Tokenizer.load(tokenizer_path)
     for stage in run.stages:
-        dataset_dir = pathlib.Path(stage.dataset_dir)
+        dataset_dir = paths.path(stage.dataset_dir)
         if not (dataset_dir / "dataset_info.json").is_file():
-            prepare.prepare([str(paths[stage.name])], dataset_dir, tokenizer=tokenizer, template=run.data.template,
+            prepare.prepare([str(files[stage.name])], dataset_dir, tokenizer=tokenizer, template=run.data.template,
                             seq_len=run.data.seq_len, validation=demo.validation_fraction,
                             bad_rows="skip", seed=demo.data_seed, progress=False)
 
 
 def _metrics(run: TrainConfig) -> list[dict]:
-    return [record for _, record in read_objects(pathlib.Path(run.workdir) / "metrics.jsonl")]
+    return [record for _, record in read_objects(paths.path(run.workdir) / "metrics.jsonl")]
 
 
 def stage_losses(records: list[dict]) -> dict[str, dict[str, float]]:
@@ -88,7 +89,7 @@ def write_report(run: TrainConfig, plans: list[StagePlan]) -> None:
     """Print the report and write it to workdir/report.json, and the figures with their Markdown page to
     workdir/report/ (train/report.py, what `orca-jax report WORKDIR` writes)."""
     report = demo_report(run, plans)
-    (pathlib.Path(run.workdir) / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    (paths.path(run.workdir) / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     print("\n== demo report ==")
     for stage, losses in report["losses"].items():
         print(f"{stage}: " + ", ".join(f"{name} {value:.4f}" for name, value in losses.items()))

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import pathlib
 import signal
 import sys
 import time
@@ -28,7 +27,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
-from orca_jax import parallel
+from orca_jax import parallel, paths
 from orca_jax.data import pipeline, shards
 from orca_jax.data.tokenizer import Tokenizer
 from orca_jax.eval.during_training import TrainingEvaluator
@@ -93,11 +92,11 @@ def count_steps(run: TrainConfig, dataset_dir: str, tokenizer: Tokenizer, seed: 
     """
     source = shards.open_split(dataset_dir, shards.TRAIN)
     data = run.data
-    stream = json.dumps({"dataset_dir": str(pathlib.Path(dataset_dir).absolute()), "records": len(source),
+    stream = json.dumps({"dataset_dir": str(paths.absolute(dataset_dir)), "records": len(source),
                          "epochs": epochs, "seed": seed, "tokenizer": str(tokenizer.path),
                          "template": data.template, "seq_len": data.seq_len, "batch_size": data.batch_size,
                          "pack_window": data.pack_window, "processes": jax.process_count()}, sort_keys=True)
-    cache_path = pathlib.Path(run.workdir) / "stage_lengths.json"
+    cache_path = paths.path(run.workdir) / "stage_lengths.json"
     cache = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
     if stream in cache:
         return cache[stream]
@@ -130,7 +129,7 @@ def plan_stages(run: TrainConfig, tokenizer: Tokenizer) -> list[StagePlan]:
     return plans
 
 
-def enable_compilation_cache(run: TrainConfig) -> pathlib.Path | None:
+def enable_compilation_cache(run: TrainConfig) -> paths.AnyPath | None:
     """Turn on JAX's persistent compilation cache (unless `run.compilation_cache` is False) in
     `run.compilation_cache_dir` or <workdir>/compilation_cache; returns the directory (None when off).
 
@@ -139,8 +138,9 @@ def enable_compilation_cache(run: TrainConfig) -> pathlib.Path | None:
     """
     if not run.compilation_cache:
         return None
-    directory = pathlib.Path(run.compilation_cache_dir or pathlib.Path(run.workdir) / "compilation_cache")
-    jax.config.update("jax_compilation_cache_dir", str(directory.absolute()))
+    # A gs:// directory works as it is: JAX reads and writes the cache through etils.epath.
+    directory = paths.absolute(run.compilation_cache_dir or paths.path(run.workdir) / "compilation_cache")
+    jax.config.update("jax_compilation_cache_dir", str(directory))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
     return directory
@@ -222,7 +222,7 @@ def train(run: TrainConfig, mesh: Mesh, tokenizer: Tokenizer) -> list[StagePlan]
     stderr, moved aside (`<step>.corrupt-<time>` beside it) and the run resumes from the newest readable
     one, as if it had been killed before that step was saved.
     """
-    workdir = pathlib.Path(run.workdir)
+    workdir = paths.path(run.workdir)
     plans = plan_stages(run, tokenizer)
     checkpointer = Checkpointer(workdir / "checkpoints", keep=run.checkpoint.keep,
                                 keep_steps=[plan.last_step for plan in plans])
@@ -254,7 +254,7 @@ def _train_from_latest(run: TrainConfig, mesh: Mesh, tokenizer: Tokenizer, plans
             raise unreadable
         position = checkpointer.position(latest)
         _check_resumable(position, latest, plans, checkpointer)
-    writer = MetricsWriter(pathlib.Path(run.workdir), total_steps=plans[-1].last_step, initial_step=latest or 0)
+    writer = MetricsWriter(paths.path(run.workdir), total_steps=plans[-1].last_step, initial_step=latest or 0)
     try:
         with PreemptionWatch() as preemption:
             for plan in plans:

@@ -3,7 +3,8 @@
 With no --config it runs the packaged configs/demo.py (`--config demo`), which also prepares its own
 inputs (demo data, tokenizer, TFDS shards, train/demo.py) and ends with a report of loss and held-out
 accuracy per stage. Rerunning the same command resumes from the latest checkpoint. The config becomes
-a typed TrainConfig and every cross-field check runs before any work (train/config.py).
+a typed TrainConfig and every cross-field check runs before any work (train/config.py), then a probe
+object is written and deleted under the workdir (local or gs://, orca_jax/paths.py).
 
 Exit codes: 0 done; 1 stopped (non-finite loss, bad config or data: the message says which);
 143 preempted by SIGTERM after saving a checkpoint.
@@ -16,7 +17,7 @@ import sys
 
 import jax
 
-from orca_jax import parallel
+from orca_jax import parallel, paths
 from orca_jax.config import ConfigError, default_config, parse_config_args
 from orca_jax.data.tokenizer import Tokenizer
 from orca_jax.errors import UserError
@@ -54,6 +55,9 @@ def main(argv: list[str] | None = None) -> int:
         loop.enable_compilation_cache(run)  # before anything compiles: a restart loads the compiled steps
         mesh = parallel.mesh_from_config(run.mesh)
         run.check_mesh(mesh, jax.process_count())
+        # The last check before any work: a missing bucket, no permission or a read-only disk ends the
+        # job here in one line, not at its first checkpoint or from inside orbax.
+        paths.check_writable(run.workdir, "workdir")
         if run.demo is not None:
             demo.prepare_demo(run)
         run.check_inputs()

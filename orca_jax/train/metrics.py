@@ -17,6 +17,7 @@ import jax
 import tqdm
 from tensorboardX import SummaryWriter
 
+from orca_jax import paths
 from orca_jax.model import ModelConfig, flops
 
 # Peak dense bf16 FLOP/s per device (keyed by jax's device_kind), from the vendors' data sheets;
@@ -91,16 +92,19 @@ class MetricsWriter:
     """Appends scalars to `workdir/metrics.jsonl` and TensorBoard events in `workdir/tensorboard`.
 
     A resumed run appends: steps between the last checkpoint and the interruption appear twice, the
-    later record being the one that counts.
+    later record being the one that counts. In a bucket (gs://, no append) metrics.jsonl is rewritten
+    whole at each write (paths.AppendedText), so every record written is there when a run is killed;
+    tensorboardX writes gs:// itself, uploading its events file at each flush (every 2 minutes and at
+    close), and a resumed run adds a new events file.
     """
 
     def __init__(self, workdir: str | pathlib.Path, total_steps: int, initial_step: int):
         self.enabled = jax.process_index() == 0
         if not self.enabled:
             return
-        workdir = pathlib.Path(workdir)
+        workdir = paths.path(workdir)
         workdir.mkdir(parents=True, exist_ok=True)
-        self._jsonl = open(workdir / "metrics.jsonl", "a", encoding="utf-8")
+        self._jsonl = paths.AppendedText(workdir / "metrics.jsonl")
         self._tensorboard = SummaryWriter(str(workdir / "tensorboard"))
         self._progress = tqdm.tqdm(total=total_steps, initial=initial_step, unit="step", dynamic_ncols=True)
 
@@ -109,7 +113,6 @@ class MetricsWriter:
             return
         values = {name: float(value) for name, value in scalars.items()}
         self._jsonl.write(json.dumps({"step": step, "stage": stage, **values}) + "\n")
-        self._jsonl.flush()
         for name, value in values.items():
             if math.isfinite(value):
                 self._tensorboard.add_scalar(f"{stage}/{name}", value, step)

@@ -20,6 +20,7 @@ on their own axes.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import pathlib
 import sys
@@ -27,6 +28,7 @@ from collections.abc import Iterable, Sequence
 
 from matplotlib.figure import Figure
 
+from orca_jax import paths
 from orca_jax.errors import UserError
 
 ACCURACY = "bench_accuracy"  # what orca_jax.eval.during_training logs (not imported: it pulls in JAX)
@@ -39,7 +41,7 @@ class ReportError(UserError):
 
 def load_metrics(run_dir: str | pathlib.Path) -> list[dict]:
     """The records of RUN_DIR/metrics.jsonl in file order."""
-    path = pathlib.Path(run_dir) / METRICS_FILE
+    path = paths.path(run_dir) / METRICS_FILE
     if not path.is_file():
         raise ReportError(f"{path} does not exist: is {run_dir} the workdir of a training run?")
     records = []
@@ -152,7 +154,7 @@ def plot_task_accuracy(ax, points: dict[str, dict[str, float]], errors: dict[str
 def eval_reports(run_dir: str | pathlib.Path) -> dict[str, dict]:
     """The `orca-jax evaluate --report` files in RUN_DIR/eval/*.json, by file stem."""
     reports = {}
-    for path in sorted((pathlib.Path(run_dir) / "eval").glob("*.json")):
+    for path in sorted((paths.path(run_dir) / "eval").glob("*.json")):
         try:
             report = json.loads(path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
@@ -168,12 +170,14 @@ def _figure(width: float = 7, height: float = 4, rows: int = 1) -> tuple[Figure,
     return figure, [figure.add_subplot(rows, 1, row + 1) for row in range(rows)]
 
 
-def _save(figure: Figure, path: pathlib.Path) -> str:
-    figure.savefig(path, dpi=110)
+def _save(figure: Figure, path: paths.AnyPath) -> str:
+    png = io.BytesIO()  # rendered in memory: matplotlib cannot write to a bucket
+    figure.savefig(png, format="png", dpi=110)
+    path.write_bytes(png.getvalue())
     return path.name
 
 
-def write_figures(records: Sequence[dict], run_dir: pathlib.Path, out_dir: pathlib.Path) -> dict[str, str]:
+def write_figures(records: Sequence[dict], run_dir: paths.AnyPath, out_dir: paths.AnyPath) -> dict[str, str]:
     """Every figure the records and eval reports allow, as {caption: file name under out_dir}."""
     logged = {name for record in records for name in record}
     figures = {}
@@ -222,16 +226,17 @@ def _summary_table(records: Sequence[dict]) -> list[str]:
     return lines
 
 
-def write_report(run_dir: str | pathlib.Path, out_dir: str | pathlib.Path | None = None) -> pathlib.Path:
-    """Write the figures and out_dir/README.md (default RUN_DIR/report); returns the README's path."""
-    run_dir = pathlib.Path(run_dir)
+def write_report(run_dir: str | pathlib.Path, out_dir: str | pathlib.Path | None = None) -> paths.AnyPath:
+    """Write the figures and out_dir/README.md (default RUN_DIR/report), local or gs://; returns the
+    README's path."""
+    run_dir = paths.path(run_dir)
     records = load_metrics(run_dir)
     if not records:
         raise ReportError(f"{run_dir / METRICS_FILE} is empty: the run logged nothing yet")
-    out_dir = pathlib.Path(out_dir) if out_dir is not None else run_dir / "report"
+    out_dir = paths.path(out_dir) if out_dir is not None else run_dir / "report"
     out_dir.mkdir(parents=True, exist_ok=True)
     figures = write_figures(records, run_dir, out_dir)
-    lines = [f"# Training report: `{run_dir.resolve()}`", "",
+    lines = [f"# Training report: `{run_dir if paths.is_url(run_dir) else run_dir.resolve()}`", "",
              f"From `{METRICS_FILE}` ({len(records)} records) and any `eval/*.json`; "
              f"regenerate with `orca-jax report {run_dir}`.", ""]
     lines += _summary_table(records) + [""]
