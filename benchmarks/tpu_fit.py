@@ -42,7 +42,7 @@ from orca_jax.config import parse_config_args  # noqa: E402
 from orca_jax.data.packing import ROW_FIELDS  # noqa: E402
 from orca_jax.errors import UserError  # noqa: E402
 from orca_jax.model import ModelConfig  # noqa: E402
-from orca_jax.train import step  # noqa: E402
+from orca_jax.train import loop, step  # noqa: E402
 from orca_jax.train.config import TrainConfig  # noqa: E402
 from orca_jax.train.optimizer import OptimizerConfig, make_optimizer  # noqa: E402
 
@@ -213,9 +213,16 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--sweep_batch", action="store_true",
                         help="double the batch until it no longer fits (gradient accumulation off)")
     parser.add_argument("--out", help="append the JSON results to this file, one per line")
+    parser.add_argument("--compilation_cache_dir",
+                        help="compile through JAX's persistent compilation cache in this directory, as the training "
+                             "job does: a second call with the same directory measures a restart's compile")
     args = parser.parse_args(rest)
     try:
-        job = job_from_config(TrainConfig.from_config(config))
+        run = TrainConfig.from_config(config)
+        if args.compilation_cache_dir:
+            loop.enable_compilation_cache(dataclasses.replace(
+                run, compilation_cache=True, compilation_cache_dir=args.compilation_cache_dir))
+        job = job_from_config(run)
         if args.sweep_batch:
             results = sweep_batch(job, args.topology)
         else:
