@@ -40,7 +40,7 @@ def get_config():
     config.eval.suite = ""  # resume is about the train state; benchmark decoding only costs time here
     config.workdir = {workdir!r}
     config.data.tokenizer = {data_dir!r} + "/tokenizer.model"
-    config.data.seq_len = 128
+    config.data.seq_len = {seq_len}
     config.data.batch_size = 4
     config.data.pack_window = 32
     config.data.validation_batches = 1
@@ -58,27 +58,45 @@ def get_config():
 '''
 
 
-@pytest.fixture(scope="module")
-def demo_data(repo_root, tmp_path_factory) -> pathlib.Path:
-    data_dir = tmp_path_factory.mktemp("demo_data")
+# The demo block that prepares the data (tests/test_gcs.py prepares the same data in a bucket).
+DEMO_DATA = {"stage1_rows": 300, "stage2_rows": 300, "eval_rows": 10, "tokenizer_pieces": 400,
+             "validation_fraction": 0.1}
+DEMO_SEQ_LEN = 128
+
+
+def once_per_session(tmp_path_factory, name: str, make) -> pathlib.Path:
+    """`make(path)` once per test session, whichever module asks first (the modules that import these
+    fixtures would each run them again otherwise); a marker says it finished."""
+    path = tmp_path_factory.getbasetemp() / name
+    done = path.with_name(f"{name}.done")
+    if not done.is_file():
+        make(path)
+        done.touch()
+    return path
+
+
+def _prepare_demo_data(repo_root: pathlib.Path, data_dir: pathlib.Path) -> None:
     config = load_config(str(repo_root / "configs" / "demo.py"))
     config.workdir = str(data_dir.parent / "unused")
     config.demo.data_dir = str(data_dir)
     config.data.tokenizer = str(data_dir / "tokenizer.model")
-    config.data.seq_len = 128
+    config.data.seq_len = DEMO_SEQ_LEN
     for name in config.stage_order:
         config.stages[name].dataset_dir = str(data_dir / f"{name}_shards")
-    config.demo.update(stage1_rows=300, stage2_rows=300, eval_rows=10, tokenizer_pieces=400,
-                       validation_fraction=0.1)
+    config.demo.update(**DEMO_DATA)
     prepare_demo(TrainConfig.from_config(config))
-    return data_dir
+
+
+@pytest.fixture(scope="module")
+def demo_data(repo_root, tmp_path_factory) -> pathlib.Path:
+    return once_per_session(tmp_path_factory, "resume_demo_data", lambda path: _prepare_demo_data(repo_root, path))
 
 
 def write_config(repo_root, demo_data, workdir: pathlib.Path) -> pathlib.Path:
     path = workdir.with_suffix(".py")
     path.write_text(CONFIG_TEMPLATE.format(
         demo_config=str(repo_root / "configs" / "demo.py"), workdir=str(workdir), data_dir=str(demo_data),
-        stage1_steps=STAGE1_STEPS, stage2_steps=STAGE2_STEPS))
+        stage1_steps=STAGE1_STEPS, stage2_steps=STAGE2_STEPS, seq_len=DEMO_SEQ_LEN))
     return path
 
 
@@ -116,12 +134,16 @@ def final_params(workdir: pathlib.Path):
         checkpointer.close()
 
 
-@pytest.fixture(scope="module")
-def reference_run(repo_root, demo_data, tmp_path_factory) -> pathlib.Path:
-    workdir = tmp_path_factory.mktemp("runs") / "reference"
+def _train_reference(repo_root, demo_data, workdir: pathlib.Path) -> None:
     returncode, output = train(write_config(repo_root, demo_data, workdir))
     assert returncode == 0, output
-    return workdir
+
+
+@pytest.fixture(scope="module")
+def reference_run(repo_root, demo_data, tmp_path_factory) -> pathlib.Path:
+    """The uninterrupted run the interrupted ones must end identical to (read only: tests copy it)."""
+    return once_per_session(tmp_path_factory, "resume_reference",
+                            lambda path: _train_reference(repo_root, demo_data, path))
 
 
 @pytest.mark.slow
@@ -179,12 +201,14 @@ def test_stage2_starts_from_stage1_weights_with_a_fresh_optimizer(reference_run)
 
 @pytest.mark.slow
 def test_nan_loss_stops_clearly_and_keeps_the_last_good_checkpoint(repo_root, demo_data, tmp_path):
+    """The poisoned step is one a checkpoint is due at (every 3 steps): the loop reads a step's loss only
+    after dispatching the next, so it must read this one before saving, or step 6 would hold the NaN."""
     workdir = tmp_path / "nan"
-    returncode, output = train(write_config(repo_root, demo_data, workdir), "--config.debug.nan_at_step=5")
+    returncode, output = train(write_config(repo_root, demo_data, workdir), "--config.debug.nan_at_step=6")
     assert returncode == 1, output
-    assert "loss is nan" in output and "last good checkpoint is step 3" in output, output
+    assert "step 6 (global step 6): loss is nan" in output and "last good checkpoint is step 3" in output, output
     assert "Traceback" not in output
     checkpointer = Checkpointer(workdir / "checkpoints", keep=2, keep_steps=[])
     assert checkpointer.all_steps() == [3]
     checkpointer.close()
-    assert logged_steps(workdir) == [1, 2, 3, 4]
+    assert logged_steps(workdir) == [1, 2, 3, 4, 5]
