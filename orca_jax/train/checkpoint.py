@@ -62,6 +62,7 @@ COMMIT_MARKER = "commit_success.txt"
 # a restore that does not fit (a changed model: shapes or tree differ), which must not move anything.
 _UNREADABLE_CODES = ("DATA_LOSS", "NOT_FOUND", "OUT_OF_RANGE", "Error reading", "Error decoding")
 _QUOTED_PATH = re.compile(r'"(/[^"]+|gs://[^"]+)"')
+_GCS_URL = re.compile(r'gs://[^\s"\'\[\]]+')  # tensorstore names a bucket's files unquoted
 
 
 _MARKER_TEXT = "Checkpoint commit was successful to "
@@ -126,6 +127,7 @@ def unreadable_error(step: int, step_dir: paths.AnyPath, error: BaseException) -
     # database directory); orbax's own FileNotFoundError says "File <path> not found."
     named = [paths.path(match) for match in _QUOTED_PATH.findall(message)]
     named += [paths.path(match) for match in re.findall(r"File (\S+) not found", message)]
+    named += [paths.path(match) for match in _GCS_URL.findall(message)]
     inside = [path for path in named if str(path).startswith(str(step_dir) + "/")]
     files = [path for path in inside if not path.is_dir()] or inside
     file = str(max(files, key=lambda path: len(str(path))).relative_to(step_dir)) if files else "an array file"
