@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "judge": ("orca_jax.eval.judge", "a judge model compares answers to open-ended prompts with a reference's"),
     "chat": ("orca_jax.eval.chat", "talk to saved parameters in the terminal, streaming the response"),
     "generate": ("orca_jax.eval.generate_cli", "responses to a JSONL file of prompts (greedy or sampled)"),
+    "ablate": ("orca_jax.train.ablate", "explanation tuning and progressive learning ablations, several seeds"),
     "report": ("orca_jax.train.report", "PNG figures and a Markdown summary of a training run's directory"),
 }
 
