@@ -11,11 +11,12 @@ What reads and writes gs:// directly (give it the URL):
   tfds.builder_from_directory(...).as_data_source(): the shards, through the ArrayRecord reader;
   JAX's persistent compilation cache (jax_compilation_cache_dir, through epath);
   tensorboardX's SummaryWriter (google-cloud-storage; it re-uploads the events file at each flush);
-  every JSON, JSONL and text file of orca-jax, through `path()`.
-What needs bytes: sentencepiece cannot open a URL (the model is read here and passed as
-  `model_proto`); matplotlib figures are rendered to memory, then written.
-What is built locally and copied up (`copy_tree`): the TFDS ArrayRecord writer and sentencepiece
-  training write local files only.
+  the JSON, JSONL and text files of training, the demo, prepare-data and evaluate, through `path()`
+  (convert-weights, weight-diff, construct, chat and generate still take local paths only).
+What needs bytes: sentencepiece cannot open a URL (data/tokenizer.py reads the model's bytes and
+  loads them); matplotlib figures are rendered to memory, then written.
+What is built locally and copied up: the TFDS ArrayRecord writer (shards, `copy_tree` with
+  dataset_info.json last) and sentencepiece training (the model file) write local files only.
 GCS has no append: `AppendedText` keeps the object's text and rewrites it whole at each write
   (metrics.jsonl, evaluation journals). GCS has no rename: `move_tree` copies each object, then deletes.
 GCS has no directories either: a prefix exists once an object under it does, and mkdir is a no-op.
@@ -26,7 +27,6 @@ from __future__ import annotations
 import os
 import pathlib
 import re
-import shutil
 import uuid
 from typing import Union
 
@@ -179,12 +179,3 @@ def _reason(target: AnyPath, error: Exception) -> str:
     message = str(error).strip().splitlines()
     return f"{type(error).__name__}: {message[0] if message else ''}".rstrip(": ")
 
-
-def remove_tree(p: str | os.PathLike) -> None:
-    """Delete a directory and everything under it, local or in a bucket; nothing if it is not there."""
-    target = path(p)
-    if is_url(target):
-        if target.exists():
-            target.rmtree()
-    else:
-        shutil.rmtree(target, ignore_errors=True)
