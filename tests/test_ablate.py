@@ -145,5 +145,6 @@ def test_seeds_change_init_and_data_order_not_the_questions(tmp_path):
 def test_shares_balance_the_steps_over_workers():
     split = ablate.shares([10, 1, 5, 5, 1], 2)
     assert sorted(i for share in split for i in share) == [0, 1, 2, 3, 4]
-    assert sorted(sum([10, 1, 5, 5, 1][i] for i in share) for share in split) == [11, 11]  # longest first onto the least loaded: the optimum here
+    # The costliest run first onto the least loaded worker: 10+1 and 5+5+1, the optimum here.
+    assert sorted(sum([10, 1, 5, 5, 1][i] for i in share) for share in split) == [11, 11]
     assert ablate.shares([3, 2], 1) == [[0, 1]]
