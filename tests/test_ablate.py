@@ -34,6 +34,7 @@ def reduced_args(workdir) -> list[str]:
         "ablate.stage1_steps": 3, "ablate.stage2_steps": 2, "ablate.max_new_tokens": 8,
         "ablate.eval_batch_size": 8, "ablate.workers": 1, "ablate.validation_fraction": 0.1,
         "optimizer.warmup_steps": 1,
+        "ablate.tokenizer_pieces": 400, "model.vocab_size": 401,  # 48 questions cannot fill 1000 pieces
     }
     return [f"--config.{key}={value}" for key, value in overrides.items()]
 

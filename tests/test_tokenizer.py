@@ -50,6 +50,18 @@ def test_vocab_size_counts_pieces(tmp_path):
     assert Tokenizer.load(model).vocab_size == 301
 
 
+@pytest.mark.parametrize("split_digits", [True, False])
+def test_split_digits_decides_whether_numbers_are_one_piece(tmp_path, split_digits):
+    rng = np.random.default_rng(4)
+    texts = [*corpus(seed=5, num_texts=300), *(f"{a} + {b} = {a + b}" for a, b in rng.integers(0, 30, size=(3000, 2)))]
+    tokenizer = Tokenizer.load(train_tokenizer(texts, tmp_path / "numbers", vocab_size=400,
+                                               split_digits=split_digits))
+    pieces = [tokenizer._sp.id_to_piece(i) for i in tokenizer.encode("14 + 13 = 27")]
+    most_digits = max(sum(c.isdigit() for c in piece) for piece in pieces)
+    assert most_digits == (1 if split_digits else 2), pieces
+    assert tokenizer.decode(tokenizer.encode("14 + 13 = 27")) == "14 + 13 = 27"
+
+
 def test_missing_model_is_a_clear_error(tmp_path):
     with pytest.raises(TokenizerError, match="does not exist"):
         Tokenizer.load(tmp_path / "nope.model")

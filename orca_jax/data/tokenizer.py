@@ -81,12 +81,14 @@ class Tokenizer:
 
 
 def train_tokenizer(texts: Iterable[str], out_prefix: str | os.PathLike, vocab_size: int, *,
-                    max_lines: int = 200_000, num_threads: int = 2) -> paths.AnyPath:
+                    max_lines: int = 200_000, num_threads: int = 2, split_digits: bool = True) -> paths.AnyPath:
     """Train a small LLaMA-like BPE sentencepiece model on `texts`; returns the `.model` path.
 
     Meant for tests and the demo (a few hundred KB of text trains in about a second). Like LLaMA's
     model: unk=0, bos=1, eos=2, no pad piece (Tokenizer adds it), byte fallback so any text encodes,
-    digits split, and whitespace kept verbatim (identity normalization) so decode(encode(t)) == t.
+    digits split (unless `split_digits=False`: the ablation's small numbers then become one piece each,
+    so a line of arithmetic is one lookup), and whitespace kept verbatim (identity normalization) so
+    decode(encode(t)) == t.
     `vocab_size` counts sentencepiece pieces only; the Tokenizer's vocab_size is one more.
     `out_prefix` may be gs://...: sentencepiece writes local files, so the model is trained in a
     temporary directory and copied up.
@@ -95,7 +97,7 @@ def train_tokenizer(texts: Iterable[str], out_prefix: str | os.PathLike, vocab_s
         target = paths.path(out_prefix)
         with tempfile.TemporaryDirectory(prefix="orca-jax-tokenizer-") as local:
             trained = train_tokenizer(texts, pathlib.Path(local) / target.name, vocab_size, max_lines=max_lines,
-                                      num_threads=num_threads)
+                                      num_threads=num_threads, split_digits=split_digits)
             model = target.with_name(trained.name)
             model.write_bytes(trained.read_bytes())
             target.with_name(target.name + ".vocab").write_bytes(trained.with_suffix(".vocab").read_bytes())
@@ -108,7 +110,7 @@ def train_tokenizer(texts: Iterable[str], out_prefix: str | os.PathLike, vocab_s
         try:
             spm.SentencePieceTrainer.train(
                 sentence_iterator=lines, model_prefix=str(out_prefix), vocab_size=vocab_size,
-                model_type="bpe", byte_fallback=True, split_digits=True,
+                model_type="bpe", byte_fallback=True, split_digits=split_digits,
                 unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
                 normalization_rule_name="identity", remove_extra_whitespaces=False,
                 allow_whitespace_only_pieces=True, character_coverage=0.9995,

@@ -35,7 +35,7 @@ from orca_jax.errors import UserError
 from orca_jax.eval import benchmarks, generate
 from orca_jax.eval.prompts import PromptBuilder
 from orca_jax.eval.report import build_report
-from orca_jax.eval.runner import evaluate_examples
+from orca_jax.eval.runner import score_row
 from orca_jax.model import params_io
 from orca_jax.train import ablate_report, loop
 from orca_jax.train.config import INIT_PREVIOUS, INIT_RANDOM, TrainConfig
@@ -60,6 +60,8 @@ class AblateConfig:
     small_questions: int = 1000
     eval_per_family: int = 30
     tokenizer_pieces: int = 600
+    split_digits: bool = True
+    """False: numbers the tokenizer saw often become single pieces (data/tokenizer.train_tokenizer)."""
     validation_fraction: float = 0.02
     claim1_seeds: tuple[int, ...] = (0, 1, 2)
     claim2_seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
@@ -154,7 +156,8 @@ def prepare_data(ablate: AblateConfig, base: dict) -> Tokenizer:
         template = get_template(base["data"]["template"])
         texts = (template.render_prompt(row["system_prompt"], row["question"]) + row["response"]
                  for name in files for _, row in read_objects(paths[name]))
-        train_tokenizer(texts, tokenizer_path.with_suffix(""), ablate.tokenizer_pieces)
+        train_tokenizer(texts, tokenizer_path.with_suffix(""), ablate.tokenizer_pieces,
+                        split_digits=ablate.split_digits)
     tokenizer = Tokenizer.load(tokenizer_path)
     for name in files:
         if not (pathlib.Path(ablate.shards(name)) / "dataset_info.json").is_file():
@@ -175,14 +178,22 @@ def logged_steps(workdir: str) -> dict:
 
 
 def evaluate(run: TrainConfig, mesh, tokenizer: Tokenizer, ablate: AblateConfig, step: int) -> list[dict]:
-    """Scored rows of every held-out question for the parameters of checkpoint `step`."""
+    """Scored rows of every held-out question for the parameters of checkpoint `step`.
+
+    All families are decoded in one batch (runner.evaluate_examples decodes task by task: five decode
+    loops where one does), then read by the same scorer."""
     params = params_io.restore_params(pathlib.Path(run.workdir) / "checkpoints" / str(step),
                                       generate.abstract_decode_params(run.model, mesh))
     examples = benchmarks.read_demo(ablate.eval_path)
     builder = PromptBuilder(tokenizer, run.data.template, system_message="",
                             max_tokens=run.model.max_seq_len - ablate.max_new_tokens)
-    return evaluate_examples(params, run.model, tokenizer, builder, examples, max_new_tokens=ablate.max_new_tokens,
-                             batch_size=ablate.eval_batch_size, mesh=mesh)
+    prompts = [builder.build(example).tokens for example in examples]
+    outputs = generate.greedy_generate(params, run.model, prompts, max_new_tokens=ablate.max_new_tokens,
+                                       eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,
+                                       batch_size=ablate.eval_batch_size, mesh=mesh)
+    return [score_row({"benchmark": example.benchmark, "task": example.task, "index": example.index,
+                       "options": [], "gold": example.gold, "response": tokenizer.decode(ids)})
+            for example, ids in zip(examples, outputs)]
 
 
 def run_one(run: TrainConfig, mesh, tokenizer: Tokenizer, ablate: AblateConfig, condition: Condition,
