@@ -2,10 +2,10 @@
 they claim to be, exact resumption, global sharded batches, the validation pass, no TensorFlow."""
 
 import collections
+import dataclasses
 import json
 import os
 import pathlib
-import socket
 import subprocess
 import sys
 
@@ -21,6 +21,7 @@ from orca_jax.data.pipeline import ProcessBatches, TrainBatches, validation_batc
 from orca_jax.data.templates import encode_example, encode_prompt
 from orca_jax.data.tokenizer import Tokenizer
 
+from distributed_job import Job
 from synthetic_text import records, trained_tokenizer
 
 SEQ_LEN = 128
@@ -164,6 +165,30 @@ def test_train_batches_are_sharded_global_arrays(source, tokenizer):
     assert count > 1 and batches.epoch == 0
 
 
+def test_read_shares_make_one_process_read_as_two(source, tokenizer):
+    """data.read_shares=2 in one process: rows [0, 4) are share 0's stream and [4, 8) share 1's, exactly
+    what process 0 and 1 of a two-process run feed; the share that runs out first feeds padding."""
+    shared = dataclasses.replace(data(), read_shares=2)
+    batches = TrainBatches(source, tokenizer, shared, seed=3, num_epochs=1, mesh=parallel.make_mesh())
+    got = [{name: np.asarray(array) for name, array in batch.items()} for batch in batches]
+    streams = [[batch.arrays for batch in ProcessBatches(source, tokenizer, shared, local_batch_size=4, seed=3,
+                                                         num_epochs=1, process_index=share, process_count=2)]
+               for share in range(2)]
+    assert len(got) == max(map(len, streams)) and len(streams[0]) != len(streams[1])
+    padding = ProcessBatches(source, tokenizer, shared, local_batch_size=4, seed=3, num_epochs=1, process_index=0,
+                             process_count=2).padding_rows(4)
+    for share, stream in enumerate(streams):
+        for step, batch in enumerate(got):
+            want = stream[step] if step < len(stream) else padding
+            for name in ROW_FIELDS:
+                np.testing.assert_array_equal(batch[name][4 * share:4 * share + 4], want[name])
+    state = batches.get_state()
+    assert [s["process_index"] for s in state["shares"]] == [0, 1] and state["batches_taken"] == len(got)
+    with pytest.raises(ValueError, match="data.read_shares=3 must be a multiple of the 1 processes and divide"):
+        TrainBatches(source, tokenizer, dataclasses.replace(data(), read_shares=3), seed=3, num_epochs=1,
+                     mesh=parallel.make_mesh())
+
+
 def test_train_batches_resume_from_their_state(source, tokenizer):
     mesh = parallel.make_mesh()
 
@@ -182,8 +207,8 @@ def test_train_batches_resume_from_their_state(source, tokenizer):
     for got, want in zip(remaining, uninterrupted[SAVE_AFTER:]):
         for name in ROW_FIELDS:
             np.testing.assert_array_equal(got[name], want[name])
-    with pytest.raises(ValueError, match="saved by 2 processes"):
-        global_batches().set_state({"processes": state["processes"] * 2})
+    with pytest.raises(ValueError, match="saved by 2 read shares; this run reads 1"):
+        global_batches().set_state({"shares": state["shares"] * 2})
 
 
 def test_validation_is_one_deterministic_padded_pass(source, tokenizer):
@@ -246,11 +271,11 @@ def test_reads_tfds_array_record_shards(tmp_path, source, tokenizer):
     assert_same_stream(list(resumed), streams[1][4:])
 
 
-def two_process_worker(process_id: int, port: int, tokenizer_path: str, out_path: str) -> None:
+def two_process_worker(process_id: int, tokenizer_path: str, out_path: str) -> None:
     """One of two real JAX processes (4 CPU devices each) reading TrainBatches over a global mesh,
     saving the data state after SAVE_AFTER batches and resuming from it in a fresh iterator."""
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(f"localhost:{port}", num_processes=2, process_id=process_id)
+    jax.distributed.initialize(os.environ["JAX_COORDINATOR_ADDRESS"], num_processes=2, process_id=process_id)
     tokenizer = Tokenizer.load(tokenizer_path)
     source = records(NUM_RECORDS, seed=11, max_response_words=60)
     options = dict(seed=7, num_epochs=1)
@@ -292,23 +317,16 @@ def two_process_worker(process_id: int, port: int, tokenizer_path: str, out_path
 @pytest.mark.slow
 def test_two_real_processes_stay_in_lockstep_and_resume(tmp_path, tokenizer):
     """jax.distributed on CPU: each process's part of the global arrays is its own stream, the process
-    that runs out first feeds padding until the other is done, and one saved state (the same on both
-    processes) resumes both."""
-    with socket.socket() as probe:
-        probe.bind(("localhost", 0))
-        port = probe.getsockname()[1]
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu",
-           "PYTHONPATH": os.pathsep.join([os.path.dirname(__file__), os.environ.get("PYTHONPATH", "")])}
-    calls = [f"two_process_worker({i}, {port}, {str(tokenizer.path)!r}, {str(tmp_path / str(i))!r})"
-             for i in range(2)]
-    workers = [subprocess.Popen([sys.executable, "-c", f"from test_pipeline import *; {call}"], env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for call in calls]
-    for worker in workers:
-        output, _ = worker.communicate(timeout=240)
-        assert worker.returncode == 0, output.decode()[-3000:]
+    that runs out first feeds padding until the other is done (the length agreed once, up front), and
+    one saved state (the same on both processes) resumes both."""
+    calls = [f"two_process_worker({i}, {str(tokenizer.path)!r}, {str(tmp_path / str(i))!r})" for i in range(2)]
+    job = Job([[sys.executable, "-c", f"from test_pipeline import *; {call}"] for call in calls],
+              devices_per_process=4, log_dir=tmp_path / "logs")
+    assert job.wait(timeout_s=240) == [0, 0], job.outputs()
     results = [json.loads((tmp_path / str(process_id)).read_text()) for process_id in range(2)]
     assert results[0]["steps"] == results[1]["steps"] == max(r["local_batches"] for r in results)
     assert results[0]["local_batches"] != results[1]["local_batches"], "no process ran out early"
     assert all(r["all_match"] and r["resume_matches"] for r in results)
     assert results[0]["state"] == results[1]["state"]
-    assert [p["process_index"] for p in results[0]["state"]["processes"]] == [0, 1]
+    assert [p["process_index"] for p in results[0]["state"]["shares"]] == [0, 1]
+    assert results[0]["state"]["batches_taken"] == SAVE_AFTER

@@ -29,14 +29,20 @@ class DataConfig:
     """Batches per validation pass; 0 reads the whole validation split."""
     overflow: str = "truncate_response"
     """An example longer than a row: 'truncate_response' (keep the prompt, cut the response) or 'drop'."""
+    read_shares: int = 0
+    """Round-robin shares the shuffled record order is split into, each packed on its own into a fixed
+    slice of every global batch; 0: one per process. A multiple of the process count that divides
+    batch_size; runs that set the same number see the same batches on any number of processes."""
 
     def __post_init__(self):
         for name in ("seq_len", "batch_size", "pack_window"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"data.{name} must be a positive integer, got {value!r}")
-        if not isinstance(self.validation_batches, int) or self.validation_batches < 0:
-            raise ConfigError(f"data.validation_batches must be an integer >= 0, got {self.validation_batches!r}")
+        for name in ("validation_batches", "read_shares"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ConfigError(f"data.{name} must be an integer >= 0, got {value!r}")
         if self.template not in TEMPLATES:
             raise ConfigError(f"data.template={self.template!r}: choose one of {sorted(TEMPLATES)}")
         if self.overflow not in OVERFLOW_POLICIES:

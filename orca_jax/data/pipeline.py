@@ -12,14 +12,21 @@ Layers, each deterministic given (seed, process_index, process_count):
   4. ProcessBatches cuts the rows into local batches; TrainBatches turns them into global arrays with
      `jax.make_array_from_process_local_data(parallel.batch_sharding(mesh), ...)`.
 
-Resuming: a window is a pure function of its index, so a process's position is just "which window,
-how many of its rows are consumed" (a small JSON dict). TrainBatches gathers every process's position
+Shares: the global order is split round-robin into `data.read_shares` shares (default one per
+process), and share s always fills rows [s*b, (s+1)*b) of the global batch (b = batch / shares). A
+process reads its consecutive block of shares. So the batches depend on the number of shares, not of
+processes: a one-process run with read_shares=2 trains on exactly the batches of a two-process run.
+
+Resuming: a window is a pure function of its index, so a share's position is just "which window,
+how many of its rows are consumed" (a small JSON dict). TrainBatches gathers every share's position
 into one state, identical on all processes, so a checkpoint written by the primary host alone (as
 orbax's JsonSave does) restores every process.
 
-With finite epochs, processes may run out at different steps because packing is data dependent. The
-processes agree (one tiny all-gather per step) to go on while any has data; the ones that ran out feed
-all-padding rows, whose loss weights are zero, so no example is lost or repeated.
+With finite epochs, shares may run out at different steps because packing is data dependent. A share
+that ran out feeds all-padding rows, whose loss weights are zero, until the longest share is done, so
+no example is lost or repeated. With several processes, that length is agreed once, up front
+(`stream_length`: each process counts its shares, one all-gather takes the longest), not per step:
+a per-step all-gather would make the host wait for every step to finish before the next is queued.
 """
 
 from __future__ import annotations
@@ -216,69 +223,114 @@ def _window_dataset(source: RecordSource, tokenizer: Tokenizer, template: Templa
     return records.batch(pack_window, batch_fn=list).map_with_index(pack_window_at)
 
 
+def _shares_of_this_process(data: DataConfig) -> tuple[int, range]:
+    """(number of shares, the shares this process reads)."""
+    process_count = jax.process_count()
+    shares = data.read_shares or process_count
+    if shares % process_count or data.batch_size % shares:
+        raise ValueError(f"data.read_shares={shares} must be a multiple of the {process_count} processes and "
+                         f"divide data.batch_size={data.batch_size}")
+    per_process = shares // process_count
+    return shares, range(jax.process_index() * per_process, (jax.process_index() + 1) * per_process)
+
+
+def _share_readers(source: RecordSource, tokenizer: Tokenizer, data: DataConfig, **options) -> list[ProcessBatches]:
+    shares, mine = _shares_of_this_process(data)
+    return [ProcessBatches(source, tokenizer, data, local_batch_size=data.batch_size // shares,
+                           process_index=share, process_count=shares, **options) for share in mine]
+
+
+def stream_length(source: RecordSource, tokenizer: Tokenizer, data: DataConfig, *, seed: int, num_epochs: int,
+                  shuffle: bool = True, limit: int = 0) -> int:
+    """Global batches in a finite stream: the longest share's count of local batches (at most `limit`
+    when it is positive). Every process packs its own shares once; with several processes one
+    all-gather (every process must call this at the same point) takes the maximum."""
+    counts = []
+    for reader in _share_readers(source, tokenizer, data, seed=seed, num_epochs=num_epochs, shuffle=shuffle):
+        count = 0
+        for _ in reader:
+            count += 1
+            if count == limit:
+                break
+        counts.append(count)
+    longest = max(counts)
+    if jax.process_count() > 1:
+        longest = int(multihost_utils.process_allgather(np.int32(longest)).max())
+    return longest
+
+
 class TrainBatches:
     """Global batches for the train loop: dicts of [data.batch_size, data.seq_len] jax.Arrays sharded by
-    `parallel.batch_sharding(mesh)` (docs/contracts.md), one process's rows per process.
+    `parallel.batch_sharding(mesh)` (docs/contracts.md), each process supplying its shares' rows.
 
-    Arguments as for ProcessBatches, with the batch counted globally (data.batch_size). `stats`
-    describes this process's part of the latest batch; `epoch` is the epoch of its latest example.
+    Arguments as for ProcessBatches, with the batch counted globally (data.batch_size) and the shares
+    from data.read_shares. A finite stream ends with its longest share; `num_batches` is that length
+    when the caller knows it (the loop counted the stage's steps), otherwise with several processes it
+    is counted here, once (`stream_length`; `limit` > 0 caps it). `stats` describes this process's part
+    of the latest batch; `epoch` is the epoch of its latest example.
     """
 
     def __init__(self, source: RecordSource, tokenizer: Tokenizer, data: DataConfig, *, seed: int,
                  num_epochs: int | None, mesh: Mesh, shuffle: bool = True, read_threads: int = 2,
-                 prefetch_windows: int = 4):
+                 prefetch_windows: int = 4, num_batches: int | None = None, limit: int = 0):
         global_batch_size = data.batch_size
         self._sharding = parallel.batch_sharding(mesh)
         parallel.check_divisible("global_batch_size", global_batch_size, mesh, self._sharding.spec[0])
-        process_count = jax.process_count()
-        if global_batch_size % process_count:
-            raise ValueError(
-                f"global_batch_size {global_batch_size} does not split over {process_count} processes")
+        self._shares, self._mine = _shares_of_this_process(data)
         self._global_shape = (global_batch_size, data.seq_len)
-        self._local = ProcessBatches(
-            source, tokenizer, data, local_batch_size=global_batch_size // process_count, seed=seed,
-            num_epochs=num_epochs, process_index=jax.process_index(), process_count=process_count,
-            shuffle=shuffle, read_threads=read_threads, prefetch_windows=prefetch_windows)
-        # Only a finite stream can end, and only with several processes can it end unevenly.
-        self._processes_must_agree = num_epochs is not None and process_count > 1
+        options = dict(seed=seed, num_epochs=num_epochs, shuffle=shuffle)
+        self._readers = _share_readers(source, tokenizer, data, read_threads=read_threads,
+                                       prefetch_windows=prefetch_windows, **options)
+        # Only a finite stream ends, and only another process can have data when all of ours are done.
+        if num_batches is None and num_epochs is not None and jax.process_count() > 1:
+            num_batches = stream_length(source, tokenizer, data, limit=limit, **options)
+        self._num_batches = None if num_epochs is None else num_batches
+        self._limit = limit
+        self._taken = 0
         self.stats: BatchStats | None = None
 
     @property
     def epoch(self) -> int:
-        return self._local.epoch
+        return max(reader.epoch for reader in self._readers)
 
     def __iter__(self) -> TrainBatches:
         return self
 
     def __next__(self) -> dict[str, jax.Array]:
-        local = next(self._local, None)
-        if self._processes_must_agree:
-            # Every process calls this every step, so the all-gather stays in lockstep.
-            anyone_reading = bool(multihost_utils.process_allgather(np.int32(local is not None)).any())
-        else:
-            anyone_reading = local is not None
-        if not anyone_reading:
+        if (self._num_batches is not None and self._taken >= self._num_batches) or 0 < self._limit <= self._taken:
             raise StopIteration
-        if local is None:
-            arrays = self._local.padding_rows(self._local.local_batch_size)
-            self.stats = BatchStats(epoch=self.epoch, num_examples=0, num_tokens=0, efficiency=0.0,
-                                    num_dropped=0, num_truncated=0)
-        else:
-            arrays, self.stats = local.arrays, local.stats
-        return {name: jax.make_array_from_process_local_data(self._sharding, array, self._global_shape)
-                for name, array in arrays.items()}
+        batches = [next(reader, None) for reader in self._readers]
+        if self._num_batches is None and all(batch is None for batch in batches):
+            raise StopIteration
+        self._taken += 1
+        rows = self._readers[0].local_batch_size
+        parts = [reader.padding_rows(rows) if batch is None else batch.arrays
+                 for reader, batch in zip(self._readers, batches)]
+        stats = [batch.stats for batch in batches if batch is not None]
+        num_tokens = sum(stat.num_tokens for stat in stats)
+        slots = rows * len(parts) * self._global_shape[1]
+        self.stats = BatchStats(epoch=self.epoch, num_examples=sum(stat.num_examples for stat in stats),
+                                num_tokens=num_tokens, efficiency=num_tokens / slots,
+                                num_dropped=sum(stat.num_dropped for stat in stats),
+                                num_truncated=sum(stat.num_truncated for stat in stats))
+        return {name: jax.make_array_from_process_local_data(
+                    self._sharding, np.concatenate([part[name] for part in parts]), self._global_shape)
+                for name in ROW_FIELDS}
 
     def get_state(self) -> dict[str, Any]:
-        """Every process's position, the same JSON dict on all processes. With several processes this
-        is a collective: all must call it at the same step, as they do when saving a checkpoint."""
-        return {"processes": _gather_json(self._local.get_state())}
+        """Every share's position, the same JSON dict on all processes. With several processes this is
+        a collective: all must call it at the same step, as they do when saving a checkpoint."""
+        gathered = _gather_json([reader.get_state() for reader in self._readers])
+        return {"shares": [state for states in gathered for state in states], "batches_taken": self._taken}
 
     def set_state(self, state: dict[str, Any]) -> None:
-        positions = state["processes"]
-        if len(positions) != jax.process_count():
-            raise ValueError(f"data state was saved by {len(positions)} processes; "
-                             f"this run has {jax.process_count()}")
-        self._local.set_state(positions[jax.process_index()])
+        positions = state.get("shares", state.get("processes"))  # 'processes': before read shares existed
+        if len(positions) != self._shares:
+            raise ValueError(f"data state was saved by {len(positions)} read shares; this run reads "
+                             f"{self._shares} (data.read_shares, or one per process)")
+        for reader, share in zip(self._readers, self._mine):
+            reader.set_state(positions[share])
+        self._taken = state.get("batches_taken", 0)
 
 
 def _gather_json(value: Any) -> list[Any]:
@@ -294,6 +346,8 @@ def _gather_json(value: Any) -> list[Any]:
 
 
 def validation_batches(source: RecordSource, tokenizer: Tokenizer, data: DataConfig, mesh: Mesh) -> TrainBatches:
-    """One deterministic pass in source order (no shuffle); the last batch is padded with zero-weight
-    rows, so summing weighted losses over the pass counts every example once."""
-    return TrainBatches(source, tokenizer, data, seed=0, num_epochs=1, mesh=mesh, shuffle=False)
+    """One deterministic pass in source order (no shuffle), at most data.validation_batches batches
+    (0: all); the last batch is padded with zero-weight rows, so summing weighted losses over the pass
+    counts every example once."""
+    return TrainBatches(source, tokenizer, data, seed=0, num_epochs=1, mesh=mesh, shuffle=False,
+                        limit=data.validation_batches)

@@ -186,6 +186,10 @@ class TrainConfig:
         if self.data.batch_size % process_count:
             raise MeshShapeError(f"data.batch_size={self.data.batch_size} does not split over "
                                  f"{process_count} processes")
+        shares = self.data.read_shares
+        if shares and (shares % process_count or self.data.batch_size % shares):
+            raise MeshShapeError(f"data.read_shares={shares} must be a multiple of the {process_count} processes "
+                                 f"and divide data.batch_size={self.data.batch_size}")
 
     def check_tokenizer(self, tokenizer: Tokenizer) -> None:
         tokenizer.check_fits(self.model.vocab_size)

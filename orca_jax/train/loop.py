@@ -77,15 +77,16 @@ class StagePlan:
         return self.first_step + self.num_steps
 
 
-def _train_batches(run: TrainConfig, dataset_dir: str, tokenizer: Tokenizer, mesh: Mesh, seed: int,
-                   epochs: int | None) -> pipeline.TrainBatches:
-    return pipeline.TrainBatches(shards.open_split(dataset_dir, shards.TRAIN), tokenizer, run.data, seed=seed,
-                                 num_epochs=epochs, mesh=mesh)
+def _train_batches(run: TrainConfig, plan: StagePlan, tokenizer: Tokenizer, mesh: Mesh) -> pipeline.TrainBatches:
+    # An epoch stage's length was counted by count_steps, so the processes need not agree on it again.
+    return pipeline.TrainBatches(shards.open_split(plan.dataset_dir, shards.TRAIN), tokenizer, run.data,
+                                 seed=plan.data_seed, num_epochs=plan.epochs, mesh=mesh,
+                                 num_batches=plan.num_steps if plan.epochs else None)
 
 
 def count_steps(run: TrainConfig, dataset_dir: str, tokenizer: Tokenizer, seed: int, epochs: int) -> int:
-    """Global batches in `epochs` passes over the packed data: the longest process's local count
-    (processes that run out early feed padding until all are done, see pipeline.TrainBatches).
+    """Global batches in `epochs` passes over the packed data: the longest read share's count of local
+    batches (shares that run out early feed padding until all are done, see pipeline.TrainBatches).
 
     Counting packs the whole stream once, minutes for FLAN-5M, so the count is kept in
     `workdir/stage_lengths.json` under everything that determines it, and a restart reads it back.
@@ -95,17 +96,13 @@ def count_steps(run: TrainConfig, dataset_dir: str, tokenizer: Tokenizer, seed: 
     stream = json.dumps({"dataset_dir": str(paths.absolute(dataset_dir)), "records": len(source),
                          "epochs": epochs, "seed": seed, "tokenizer": str(tokenizer.path),
                          "template": data.template, "seq_len": data.seq_len, "batch_size": data.batch_size,
-                         "pack_window": data.pack_window, "processes": jax.process_count()}, sort_keys=True)
+                         "pack_window": data.pack_window, "read_shares": data.read_shares or jax.process_count()},
+                        sort_keys=True)
     cache_path = paths.path(run.workdir) / "stage_lengths.json"
     cache = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
     if stream in cache:
         return cache[stream]
-    local = pipeline.ProcessBatches(
-        source, tokenizer, data, local_batch_size=data.batch_size // jax.process_count(), seed=seed,
-        num_epochs=epochs, process_index=jax.process_index(), process_count=jax.process_count())
-    steps = sum(1 for _ in local)
-    if jax.process_count() > 1:
-        steps = int(multihost_utils.process_allgather(np.int32(steps)).max())
+    steps = pipeline.stream_length(source, tokenizer, data, seed=seed, num_epochs=epochs)
     if jax.process_index() == 0:
         cache_path.parent.mkdir(parents=True, exist_ok=True)
         cache_path.write_text(json.dumps({**cache, stream: steps}, indent=1) + "\n")
@@ -186,7 +183,7 @@ class Stage:
         self.state_abstract = train_step.abstract_state(self.params_abstract, self.optimizer, mesh)
         self.steps = train_step.CompiledSteps(self.model_config, self.optimizer, plan.optimizer.grad_accum_steps,
                                               mesh, self.state_abstract)
-        self.batches = _train_batches(run, plan.dataset_dir, tokenizer, mesh, plan.data_seed, plan.epochs)
+        self.batches = _train_batches(run, plan, tokenizer, mesh)
 
     def initial_params(self, checkpointer: Checkpointer, previous: StagePlan | None):
         init = self.plan.init
