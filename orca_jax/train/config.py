@@ -78,6 +78,9 @@ class DebugConfig:
 
     nan_at_step: int = -1
     """A global step whose batch is poisoned with NaN (tests the guard); -1 is off."""
+    sync_every_step: bool = False
+    """Fetch every step's metrics before queueing the next, as the loop did before issue 10, so the
+    device idles while the host works (benchmarks/train_step.py --sync every_step measures the cost)."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -10,6 +10,12 @@ Every stage's length is fixed before it starts (given as steps, or counted from 
 pass over the packed data), because the learning-rate schedule and the global step numbering of
 checkpoints depend on it.
 
+The host keeps the device fed: it queues step k+1 before it looks at step k's metrics, and it looks
+only when a log record falls due (every `log_every_steps`), or when it needs a step's state (a
+checkpoint, validation, evaluation). A non-finite loss is therefore noticed up to that many steps late,
+but always before a checkpoint is written from it (_StepLog). Preemption costs no wait either
+(preemption.py).
+
 It takes a typed `TrainConfig` (train/config.py), already checked at the door.
 """
 
@@ -17,14 +23,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import signal
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import jax
 import numpy as np
-from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from orca_jax import parallel, paths
@@ -37,8 +41,13 @@ from orca_jax.train.checkpoint import Checkpointer, Position, UnreadableCheckpoi
 from orca_jax.train.config import INIT_PREVIOUS, INIT_RANDOM, StageConfigError, TrainConfig
 from orca_jax.train.metrics import MetricsWriter, Throughput
 from orca_jax.train.optimizer import OptimizerConfig, learning_rate_schedule, make_optimizer
+from orca_jax.train.preemption import PreemptionWatch
 
 PREEMPTED_EXIT_CODE = 143  # 128 + SIGTERM, what a supervisor expects of a process that SIGTERM ended
+
+
+StepHook = Callable[[int, dict[str, jax.Array]], None]
+"""Called with (global step, that step's metrics still on the device) right after a step is queued."""
 
 
 class TrainingStopped(Exception):
@@ -148,29 +157,6 @@ def stage_init_rng(seed: int, stage_index: int) -> jax.Array:
     return jax.random.fold_in(jax.random.key(seed), stage_index)
 
 
-class PreemptionWatch:
-    """Turns SIGTERM (how a TPU VM announces preemption) into a flag the loop polls between steps."""
-
-    def __init__(self):
-        self._requested = False
-
-    def __enter__(self) -> PreemptionWatch:
-        self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        signal.signal(signal.SIGTERM, self._previous)
-
-    def _on_sigterm(self, signum, frame) -> None:
-        self._requested = True
-
-    def requested(self) -> bool:
-        """True once any process got SIGTERM; all processes agree, so they stop at the same step."""
-        if jax.process_count() == 1:
-            return self._requested
-        return bool(multihost_utils.process_allgather(np.int32(self._requested)).any())
-
-
 class Stage:
     """Everything one stage compiles and reads: model, optimizer, steps, data."""
 
@@ -201,19 +187,15 @@ class Stage:
         if len(source) == 0:
             return None
         batches: Iterator = pipeline.validation_batches(source, self.tokenizer, self.run.data, self.mesh)
-        loss_sum = weight = 0.0
-        limit = self.run.data.validation_batches
-        for index, batch in enumerate(batches):
-            if 0 < limit <= index:
-                break
-            result = jax.device_get(self.steps.eval(params, batch))
-            loss_sum += float(result["loss_sum"])
-            weight += float(result["response_tokens"])
+        results = jax.device_get([self.steps.eval(params, batch) for batch in batches])  # one wait, at the end
+        loss_sum = sum(float(result["loss_sum"]) for result in results)
+        weight = sum(float(result["response_tokens"]) for result in results)
         return loss_sum / max(weight, 1.0)
 
 
-def train(run: TrainConfig, mesh: Mesh, tokenizer: Tokenizer) -> list[StagePlan]:
-    """Run (or resume) every stage; returns the stage plans (their checkpoints are kept).
+def train(run: TrainConfig, mesh: Mesh, tokenizer: Tokenizer, on_step: StepHook | None = None) -> list[StagePlan]:
+    """Run (or resume) every stage; returns the stage plans (their checkpoints are kept). `on_step`
+    sees every step as it is queued (benchmarks/train_step.py times steps with it); it must not block.
 
     A checkpoint that cannot be read back (a file missing or truncated) is reported in one line on
     stderr, moved aside (`<step>.corrupt-<time>` beside it) and the run resumes from the newest readable
@@ -228,7 +210,7 @@ def train(run: TrainConfig, mesh: Mesh, tokenizer: Tokenizer) -> list[StagePlan]
     try:
         while True:
             try:
-                _train_from_latest(run, mesh, tokenizer, plans, checkpointer, evaluator)
+                _train_from_latest(run, mesh, tokenizer, plans, checkpointer, evaluator, on_step)
                 return plans
             except UnreadableCheckpoint as unreadable:
                 moved = checkpointer.move_aside(unreadable.step)
@@ -241,7 +223,8 @@ def train(run: TrainConfig, mesh: Mesh, tokenizer: Tokenizer) -> list[StagePlan]
 
 
 def _train_from_latest(run: TrainConfig, mesh: Mesh, tokenizer: Tokenizer, plans: list[StagePlan],
-                       checkpointer: Checkpointer, evaluator: TrainingEvaluator | None) -> None:
+                       checkpointer: Checkpointer, evaluator: TrainingEvaluator | None,
+                       on_step: StepHook | None) -> None:
     """Every stage from the latest checkpoint on; UnreadableCheckpoint when a checkpoint it reads is damaged."""
     latest = checkpointer.latest_step()
     position = None
@@ -253,7 +236,7 @@ def _train_from_latest(run: TrainConfig, mesh: Mesh, tokenizer: Tokenizer, plans
         _check_resumable(position, latest, plans, checkpointer)
     writer = MetricsWriter(paths.path(run.workdir), total_steps=plans[-1].last_step, initial_step=latest or 0)
     try:
-        with PreemptionWatch() as preemption:
+        with PreemptionWatch(agree_every=run.log_every_steps) as preemption:
             for plan in plans:
                 if position is not None and (plan.index < position.stage_index or (
                         plan.index == position.stage_index and position.stage_step == plan.num_steps)):
@@ -261,7 +244,7 @@ def _train_from_latest(run: TrainConfig, mesh: Mesh, tokenizer: Tokenizer, plans
                 resume = position if position is not None and position.stage_index == plan.index else None
                 previous = plans[plan.index - 1] if plan.index else None
                 _run_stage(run, Stage(run, plan, tokenizer, mesh), checkpointer, writer,
-                           preemption, resume, previous, evaluator)
+                           preemption, resume, previous, evaluator, on_step)
     finally:
         writer.close()
 
@@ -277,9 +260,66 @@ def _check_resumable(position: Position, step: int, plans: list[StagePlan], chec
             f"{[(p.name, p.num_steps) for p in plans]}: use a new workdir or the config it was trained with")
 
 
+class _StepLog:
+    """Steps queued on the device whose metrics the host has not looked at yet.
+
+    The host never waits for a step it has just queued unless it needs that step's state (to save,
+    validate or evaluate it) or the config says so (`debug.sync_every_step`); otherwise it settles the
+    previous steps when a log record falls due, while the newest step keeps the device busy. Settling
+    fetches every pending step's metrics in one transfer, stops the run at the first non-finite loss or
+    gradient norm (before anything is saved from it), and writes the log records.
+    """
+
+    def __init__(self, run: TrainConfig, stage: Stage, writer: MetricsWriter, checkpointer: Checkpointer, start: int):
+        self.run, self.stage, self.writer, self.checkpointer, self.start = run, stage, writer, checkpointer, start
+        self.throughput = Throughput(stage.model_config, run.data.seq_len)
+        self._pending: list[tuple[int, dict[str, jax.Array], float, int]] = []
+        self._losses, self._norms, self._efficiency = [], [], []
+
+    def add(self, stage_step: int, metrics: dict[str, jax.Array]) -> None:
+        batches = self.stage.batches
+        self._pending.append((stage_step, metrics, batches.stats.efficiency, batches.epoch))
+
+    def due(self, stage_step: int) -> bool:
+        """Whether a settled `stage_step` writes a log record (the first step: it starts the rate window)."""
+        return stage_step == self.start + 1 or stage_step % self.run.log_every_steps == 0
+
+    def settle(self, through: int) -> None:
+        """Fetch, check and log every pending step up to `through` (blocks until that step is done)."""
+        ready = [entry for entry in self._pending if entry[0] <= through]
+        if not ready:
+            return
+        del self._pending[:len(ready)]
+        plan = self.stage.plan
+        for (stage_step, _, efficiency, epoch), metrics in zip(ready, jax.device_get([e[1] for e in ready])):
+            global_step = plan.first_step + stage_step
+            loss, grad_norm = float(metrics["loss"]), float(metrics["grad_norm"])
+            if not (np.isfinite(loss) and np.isfinite(grad_norm)):
+                self.checkpointer.wait()
+                what = f"loss is {loss}" if not np.isfinite(loss) else f"gradient norm is {grad_norm}"
+                raise NonFiniteLoss(
+                    f"stage {plan.name} step {stage_step} (global step {global_step}): {what}. Stopped without "
+                    f"saving; the last good checkpoint is step {self.checkpointer.latest_step()} in "
+                    f"{self.checkpointer.directory}")
+            if stage_step == self.start + 1:
+                self.throughput.start_window()  # the first step of a run compiles: not a rate worth reporting
+            else:
+                self.throughput.add_step(int(metrics["real_tokens"]))
+            self.writer.advance()
+            self._losses.append(loss)
+            self._norms.append(grad_norm)
+            self._efficiency.append(efficiency)
+            if stage_step % self.run.log_every_steps == 0 or stage_step == plan.num_steps:
+                self.writer.write(global_step, plan.name, {
+                    "loss": np.mean(self._losses), "grad_norm": np.mean(self._norms),
+                    "learning_rate": self.stage.learning_rate(stage_step - 1),
+                    "packing_efficiency": np.mean(self._efficiency), "epoch": epoch, **self.throughput.report()})
+                self._losses, self._norms, self._efficiency = [], [], []
+
+
 def _run_stage(run: TrainConfig, stage: Stage, checkpointer: Checkpointer, writer: MetricsWriter,
                preemption: PreemptionWatch, resume: Position | None, previous: StagePlan | None,
-               evaluator: TrainingEvaluator | None) -> None:
+               evaluator: TrainingEvaluator | None, on_step: StepHook | None) -> None:
     plan = stage.plan
     if resume is None:
         state = train_step.init_state(stage.initial_params(checkpointer, previous), stage.optimizer,
@@ -294,8 +334,8 @@ def _run_stage(run: TrainConfig, stage: Stage, checkpointer: Checkpointer, write
         stage.batches.set_state(data_state)
         start = resume.stage_step
     config_json = run.to_json()
-    throughput = Throughput(stage.model_config, run.data.seq_len)
-    logged_losses, logged_norms, logged_efficiency = [], [], []
+    log = _StepLog(run, stage, writer, checkpointer, start)
+    throughput = log.throughput
 
     for stage_step in range(start + 1, plan.num_steps + 1):
         global_step = plan.first_step + stage_step
@@ -308,42 +348,27 @@ def _run_stage(run: TrainConfig, stage: Stage, checkpointer: Checkpointer, write
         if global_step == run.debug.nan_at_step:
             batch["loss_weights"] = batch["loss_weights"] * np.float32("nan")
         state, metrics = stage.steps.train(state, batch)
-        # Fetching the loss every step is what keeps a NaN out of every checkpoint; the host does not
-        # sit idle meanwhile, the pipeline packs the next windows in its own threads.
-        metrics = jax.device_get(metrics)
-        loss = float(metrics["loss"])
-        if not np.isfinite(loss):
-            checkpointer.wait()
-            raise NonFiniteLoss(
-                f"stage {plan.name} step {stage_step} (global step {global_step}): loss is {loss}. "
-                f"Stopped without saving; the last good checkpoint is step {checkpointer.latest_step()} "
-                f"in {checkpointer.directory}")
-        if stage_step == start + 1:
-            throughput.start_window()  # the first step of a run compiles: not a rate worth reporting
-        else:
-            throughput.add_step(int(metrics["real_tokens"]))
-        writer.advance()
-        logged_losses.append(loss)
-        logged_norms.append(float(metrics["grad_norm"]))
-        logged_efficiency.append(stage.batches.stats.efficiency)
+        if on_step is not None:
+            on_step(global_step, metrics)
+        log.add(stage_step, metrics)
 
         stage_done = stage_step == plan.num_steps
-        preempted = preemption.requested()
-        if stage_step % run.log_every_steps == 0 or stage_done:
-            writer.write(global_step, plan.name, {
-                "loss": np.mean(logged_losses), "grad_norm": np.mean(logged_norms),
-                "learning_rate": stage.learning_rate(stage_step - 1),
-                "packing_efficiency": np.mean(logged_efficiency), "epoch": stage.batches.epoch,
-                **throughput.report()})
-            logged_losses, logged_norms, logged_efficiency = [], [], []
+        preempted = preemption.reached(global_step)
+        validate = stage_done or (run.eval_every_steps and stage_step % run.eval_every_steps == 0)
+        benchmark = evaluator is not None and (
+            stage_done or (evaluator.config.every_steps and stage_step % evaluator.config.every_steps == 0))
+        save = stage_done or preempted or stage_step % run.checkpoint.every_steps == 0
+        if save or validate or benchmark or run.debug.sync_every_step:
+            log.settle(through=stage_step)  # this step's state is used next: its loss must be seen first
+        elif log.due(stage_step - 1):
+            log.settle(through=stage_step - 1)  # while this step runs
         evaluating = time.perf_counter()
-        if stage_done or (run.eval_every_steps and stage_step % run.eval_every_steps == 0):
+        if validate:
             _write_validation(writer, stage, state.params, global_step)
-        if evaluator is not None and (stage_done or (
-                evaluator.config.every_steps and stage_step % evaluator.config.every_steps == 0)):
+        if benchmark:
             writer.write(global_step, plan.name, evaluator(state.params))
         throughput.exclude(time.perf_counter() - evaluating)
-        if stage_done or preempted or stage_step % run.checkpoint.every_steps == 0:
+        if save:
             waited = time.perf_counter()
             checkpointer.save(global_step, state, stage.batches.get_state(),
                               Position(plan.index, plan.name, stage_step, run.seed), config_json)
