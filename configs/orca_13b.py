@@ -95,4 +95,8 @@ def get_config() -> ConfigDict:
     config.log_every_steps = 50
     config.eval_every_steps = 2000
     config.debug = ConfigDict({"nan_at_step": -1})
+    # The hosts watch each other: one silent for heartbeat_timeout_seconds counts as dead and the others
+    # stop (exit 75) instead of waiting for it in a collective; restarting all resumes (docs/tpu.md).
+    config.distributed = ConfigDict({"heartbeat_timeout_seconds": 100, "shutdown_timeout_seconds": 300,
+                                     "initialization_timeout_seconds": 300})
     return config

@@ -11,7 +11,7 @@ import sys
 
 # command -> (module, one-line help). Each module exposes `main(argv: list[str]) -> int | None`.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "train": ("orca_jax.train.main", "run the staged training job of a config (the demo by default)"),
+    "train": ("orca_jax.train.supervisor", "run the staged training job of a config (the demo by default)"),
     "prepare-data": ("orca_jax.data.prepare", "turn OpenOrca-style parquet/JSONL into TFDS shards"),
     "make-demo-data": ("orca_jax.data.demo", "write the synthetic two-teacher demo dataset"),
     "convert-weights": ("orca_jax.model.convert", "import/export LLaMA weights (HF safetensors, Meta .pth)"),

@@ -84,6 +84,28 @@ class DebugConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class DistributedConfig:
+    """The `distributed` block: how the processes of a multi-host run join and watch each other
+    (passed to jax.distributed.initialize; a single process ignores it)."""
+
+    heartbeat_timeout_seconds: int = 100
+    """A process that sends no heartbeat for this long counts as dead, and every other process then
+    stops (exit 75) instead of waiting forever in a collective for it. JAX's default, long enough for a
+    loaded host or a network hiccup; the death of process 0, which hosts the coordinator, is noticed
+    at once."""
+    shutdown_timeout_seconds: int = 300
+    """How long a finishing process waits for the others to finish."""
+    initialization_timeout_seconds: int = 300
+    """How long the processes wait for each other to start (a pod's hosts boot at different times)."""
+
+    def __post_init__(self):
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"distributed.{field.name} must be a positive integer, got {value!r}")
+
+
+@dataclasses.dataclass(frozen=True)
 class DemoConfig:
     """The `demo` block: what `orca-jax train` prepares before training when it is missing (train/demo.py)."""
 
@@ -119,6 +141,7 @@ class TrainConfig:
     eval: EvalConfig = EvalConfig()
     """Benchmark accuracy during training (eval/during_training.py); off unless it names a suite."""
     debug: DebugConfig = DebugConfig()
+    distributed: DistributedConfig = DistributedConfig()
     demo: DemoConfig | None = None
     compilation_cache: bool = True
     """JAX's persistent compilation cache (train/loop.py enable_compilation_cache): a restarted run loads
@@ -140,7 +163,8 @@ class TrainConfig:
         values["mesh"] = MeshConfig.from_config(values.get("mesh"))
         values["data"] = DataConfig.from_config(values.get("data"))
         values["eval"] = EvalConfig.from_config(values.get("eval"))
-        for name, block_type in (("checkpoint", CheckpointConfig), ("debug", DebugConfig), ("demo", DemoConfig)):
+        for name, block_type in (("checkpoint", CheckpointConfig), ("debug", DebugConfig), ("demo", DemoConfig),
+                                 ("distributed", DistributedConfig)):
             if values.get(name) is not None:
                 values[name] = typed_block(block_type, values[name], ConfigError, f"{name} config")
         values["stages"] = _stages(values.pop("stages", None), values.pop("stage_order", None))
