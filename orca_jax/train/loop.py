@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable, Iterator
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
@@ -164,7 +165,10 @@ class Stage:
         self.run, self.plan, self.tokenizer, self.mesh = run, plan, tokenizer, mesh
         self.model_config = run.model
         self.optimizer = make_optimizer(plan.optimizer, plan.num_steps)
-        self.learning_rate = learning_rate_schedule(plan.optimizer, plan.num_steps)
+        # Tabled once: the schedule is jnp code, so a value for a log record would wait behind the
+        # queued train steps on the device.
+        schedule = learning_rate_schedule(plan.optimizer, plan.num_steps)
+        self.learning_rates = np.asarray(jax.vmap(schedule)(jnp.arange(plan.num_steps)))
         self.params_abstract = parallel.abstract_params(self.model_config, mesh)
         self.state_abstract = train_step.abstract_state(self.params_abstract, self.optimizer, mesh)
         self.steps = train_step.CompiledSteps(self.model_config, self.optimizer, plan.optimizer.grad_accum_steps,
@@ -312,7 +316,7 @@ class _StepLog:
             if stage_step % self.run.log_every_steps == 0 or stage_step == plan.num_steps:
                 self.writer.write(global_step, plan.name, {
                     "loss": np.mean(self._losses), "grad_norm": np.mean(self._norms),
-                    "learning_rate": self.stage.learning_rate(stage_step - 1),
+                    "learning_rate": self.stage.learning_rates[stage_step - 1],
                     "packing_efficiency": np.mean(self._efficiency), "epoch": epoch, **self.throughput.report()})
                 self._losses, self._norms, self._efficiency = [], [], []
 
@@ -358,10 +362,12 @@ def _run_stage(run: TrainConfig, stage: Stage, checkpointer: Checkpointer, write
         benchmark = evaluator is not None and (
             stage_done or (evaluator.config.every_steps and stage_step % evaluator.config.every_steps == 0))
         save = stage_done or preempted or stage_step % run.checkpoint.every_steps == 0
-        if save or validate or benchmark or run.debug.sync_every_step:
-            log.settle(through=stage_step)  # this step's state is used next: its loss must be seen first
-        elif log.due(stage_step - 1):
+        if log.due(stage_step - 1):
             log.settle(through=stage_step - 1)  # while this step runs
+        if save or validate or benchmark or run.debug.sync_every_step:
+            # This step's state is used next, so its loss must be seen first. Settled apart from the
+            # previous steps, so each log record's rates end when its own step did.
+            log.settle(through=stage_step)
         evaluating = time.perf_counter()
         if validate:
             _write_validation(writer, stage, state.params, global_step)
