@@ -227,7 +227,7 @@ FATAL_REPORTS = {
 
 
 @pytest.mark.parametrize("separator", ["\n", ""], ids=["after_a_line", "after_a_progress_bar"])
-@pytest.mark.parametrize("report", FATAL_REPORTS)
+@pytest.mark.parametrize("report", FATAL_REPORTS, ids=["worker_stopped_heartbeats", "coordinator_gone"])
 def test_the_fatal_report_is_held_back_and_read_as_one_status(report, separator, capfd):
     """What the supervisor does with a dying training process's stderr, fed in awkward chunks: what
     comes before the report passes (a progress bar too, before its line ends), the report does not."""
