@@ -101,7 +101,7 @@ def evaluate_examples(params, model_config: ModelConfig, tokenizer: Tokenizer, b
     so that no task casts or re-lays them out again.
     """
     def decode_task(task_examples: list[Example], on_batch_done: Callable[[int], None]) -> list[dict]:
-        return _evaluate_task(params, model_config, tokenizer, builder, task_examples, max_new_tokens=max_new_tokens,
+        return score_examples(params, model_config, tokenizer, builder, task_examples, max_new_tokens=max_new_tokens,
                               batch_size=batch_size, mesh=mesh, axis_rules=axis_rules, on_batch_done=on_batch_done)
 
     return run_by_task(examples, decode_task, journal=journal, progress=progress, desc="evaluate",
@@ -138,9 +138,11 @@ def run_by_task(examples: Sequence[Example], score_task: Callable[[list[Example]
     return rows
 
 
-def _evaluate_task(params, model_config: ModelConfig, tokenizer: Tokenizer, builder: PromptBuilder,
+def score_examples(params, model_config: ModelConfig, tokenizer: Tokenizer, builder: PromptBuilder,
                    examples: Sequence[Example], *, max_new_tokens: int, batch_size: int, mesh: Mesh | None,
-                   axis_rules, on_batch_done: Callable[[int], None]) -> list[dict]:
+                   axis_rules=parallel.DECODE_AXIS_RULES,
+                   on_batch_done: Callable[[int], None] | None = None) -> list[dict]:
+    """Scored rows (as evaluate_examples gives them) of `examples` decoded together, whatever their task."""
     prompts = [builder.build(example) for example in examples]
     decodable = [index for index, prompt in enumerate(prompts) if not prompt.skipped]
     responses = [""] * len(examples)

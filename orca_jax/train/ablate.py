@@ -35,7 +35,7 @@ from orca_jax.errors import UserError
 from orca_jax.eval import benchmarks, generate
 from orca_jax.eval.prompts import PromptBuilder
 from orca_jax.eval.report import build_report
-from orca_jax.eval.runner import score_row
+from orca_jax.eval.runner import score_examples
 from orca_jax.model import params_io
 from orca_jax.train import ablate_report, loop
 from orca_jax.train.config import INIT_PREVIOUS, INIT_RANDOM, TrainConfig
@@ -180,20 +180,14 @@ def logged_steps(workdir: str) -> dict:
 def evaluate(run: TrainConfig, mesh, tokenizer: Tokenizer, ablate: AblateConfig, step: int) -> list[dict]:
     """Scored rows of every held-out question for the parameters of checkpoint `step`.
 
-    All families are decoded in one batch (runner.evaluate_examples decodes task by task: five decode
-    loops where one does), then read by the same scorer."""
+    All families are decoded together (runner.evaluate_examples decodes task by task: five decode
+    loops where one does)."""
     params = params_io.restore_params(pathlib.Path(run.workdir) / "checkpoints" / str(step),
                                       generate.abstract_decode_params(run.model, mesh))
-    examples = benchmarks.read_demo(ablate.eval_path)
     builder = PromptBuilder(tokenizer, run.data.template, system_message="",
                             max_tokens=run.model.max_seq_len - ablate.max_new_tokens)
-    prompts = [builder.build(example).tokens for example in examples]
-    outputs = generate.greedy_generate(params, run.model, prompts, max_new_tokens=ablate.max_new_tokens,
-                                       eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id,
-                                       batch_size=ablate.eval_batch_size, mesh=mesh)
-    return [score_row({"benchmark": example.benchmark, "task": example.task, "index": example.index,
-                       "options": [], "gold": example.gold, "response": tokenizer.decode(ids)})
-            for example, ids in zip(examples, outputs)]
+    return score_examples(params, run.model, tokenizer, builder, benchmarks.read_demo(ablate.eval_path),
+                          max_new_tokens=ablate.max_new_tokens, batch_size=ablate.eval_batch_size, mesh=mesh)
 
 
 def run_one(run: TrainConfig, mesh, tokenizer: Tokenizer, ablate: AblateConfig, condition: Condition,
