@@ -70,9 +70,9 @@ def get_config() -> ConfigDict:
         "small_questions": 1000,  # claim 2's step-by-step set: the first of the same questions
         "eval_per_family": 30,  # held out, 5 families
         "tokenizer_pieces": 1000,
-        # Numbers up to ~100 as one piece each: a step-by-step line is then one lookup for this model;
+        # Frequent (two-digit) numbers as one piece each: a step-by-step line is then one lookup for this model;
         # with digits split (LLaMA's choice) every line is itself multi-digit arithmetic, and at this
-        # budget neither style got past ~13% (docs/results.md).
+        # budget no style got past ~13% (docs/results.md).
         "split_digits": False,
         "validation_fraction": 0.02,
         "claim1_seeds": (0, 1, 2),
