@@ -9,6 +9,7 @@ import os
 import pty
 import select
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -169,7 +170,10 @@ def test_chat_in_a_pseudo_terminal(setup):
     # `setsid --ctty`: a new session whose controlling terminal is the pty, so ^C there is SIGINT.
     process = subprocess.Popen(["setsid", "--ctty", sys.executable, "-m", "orca_jax.cli", "chat", *setup["args"]],
                                stdin=terminal, stdout=terminal, stderr=terminal,
-                               env={**os.environ, "JAX_PLATFORMS": "cpu"})
+                               env={**os.environ, "JAX_PLATFORMS": "cpu"},
+                               # A suite started in the background (`cmd &`) ignores SIGINT, and an ignored
+                               # signal stays ignored across exec: give the terminal's ^C its default back.
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     os.close(terminal)
     seen = b""
 

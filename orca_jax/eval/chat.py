@@ -28,9 +28,6 @@ Only responses go to stdout (the prompt `>>> ` too when stdin is a terminal); no
 from __future__ import annotations
 
 import argparse
-import os
-import select
-import signal
 import sys
 from collections.abc import Callable
 
@@ -140,29 +137,14 @@ class ChatSession:
 
 
 def read_line(interactive: bool) -> str | None:
-    """The next input line, None at end of input.
-
-    At a terminal the wait for a line also watches a signal wakeup pipe: the kernel may hand Ctrl-C's
-    SIGINT to any of JAX's threads, and then a plain blocking read (what input() does) would not return
-    until Enter. Python's handler writes to the pipe whichever thread it ran in, so the wait ends and
-    the KeyboardInterrupt is raised here, in the main thread. Line editing is the terminal's own."""
-    if not interactive:
-        return sys.stdin.readline() or None
-    sys.stdout.write(">>> ")
-    sys.stdout.flush()
-    wake_read, wake_write = os.pipe()
-    os.set_blocking(wake_write, False)
-    previous = signal.set_wakeup_fd(wake_write)
-    try:
-        while True:
-            ready = select.select([sys.stdin, wake_read], [], [])[0]
-            if sys.stdin in ready:
-                return sys.stdin.readline() or None
-            os.read(wake_read, 512)  # a signal that raised nothing (not SIGINT): wait on
-    finally:
-        signal.set_wakeup_fd(previous)
-        os.close(wake_read)
-        os.close(wake_write)
+    """The next input line, None at end of input."""
+    if interactive:
+        try:
+            return input(">>> ")
+        except EOFError:
+            return None
+    line = sys.stdin.readline()
+    return line or None
 
 
 def run_session(session: ChatSession, interactive: bool) -> None:
